@@ -1,0 +1,3 @@
+"""vistrieve.data."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""vistrieve.encoders."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""vistrieve.evals."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""vistrieve.generative."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""vistrieve.query_rewriting."""
+
+from __future__ import annotations

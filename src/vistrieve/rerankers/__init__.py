@@ -1,0 +1,3 @@
+"""vistrieve.rerankers."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""vistrieve.retrievers."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""vistrieve.training."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Small shared helpers: atomic file I/O, image loading, seeding."""
+
+from __future__ import annotations
