@@ -1,3 +1,101 @@
-"""vistrieve.encoders."""
+"""Image-text encoders and the factory that builds them by name.
+
+``create_encoder`` accepts a registered name with keyword overrides, a spec dict (as stored
+in a retriever's ``retriever.json``), or a ready encoder (passed through):
+
+>>> enc = create_encoder("clip-tiny-test")
+>>> enc.spec["name"]
+'clip-tiny-test'
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from vistrieve.encoders.base import TorchEncoder
+from vistrieve.registry import Registry
+from vistrieve.types import Encoder
+
+ENCODERS: Registry[Encoder] = Registry("encoder")
+
+
+@ENCODERS.register("open_clip")
+def _open_clip(
+    model: str = "ViT-B-32", pretrained: str | None = None, seed: int | None = None, **kw: Any
+) -> Encoder:
+    """Any open_clip architecture; weights from a tag, a file, ``hf-hub:`` or ``local-dir:``."""
+    from vistrieve.encoders.open_clip import OpenClipEncoder
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return OpenClipEncoder.from_pretrained(model, pretrained, **kw)
+
+
+@ENCODERS.register("hf")
+def _hf(name_or_path: str, **kw: Any) -> Encoder:
+    """A transformers CLIP/SigLIP model from a hub name or a local directory."""
+    from vistrieve.encoders.hf import HFClipEncoder
+
+    return HFClipEncoder.from_pretrained(name_or_path, **kw)
+
+
+@ENCODERS.register("clip-tiny-test")
+def _tiny(seed: int = 0, **kw: Any) -> Encoder:
+    """A tiny randomly initialised open_clip ViT (32-d, 32 px) for tests."""
+    from vistrieve.encoders.open_clip import OpenClipEncoder
+
+    torch.manual_seed(seed)
+    enc = OpenClipEncoder.from_pretrained("vistrieve-tiny-test", None, **kw)
+    enc.name = f"clip-tiny-test:seed{seed}"
+    return enc
+
+
+@ENCODERS.register("shapes-clip")
+def _shapes(**kw: Any) -> Encoder:
+    """The embedded default: a tiny open_clip ViT trained on the shapes world."""
+    from vistrieve.encoders.embedded import load_shapes_clip
+
+    return load_shapes_clip(**kw)
+
+
+_RUNTIME_KEYS = ("device", "batch_size", "num_workers", "progress")
+
+
+def create_encoder(spec: str | Mapping[str, Any] | Encoder, **overrides: Any) -> Encoder:
+    """Build an encoder from a registered name, a spec mapping, or pass one through.
+
+    Args:
+        spec: ``"open_clip"``, ``"hf"``, ``"clip-tiny-test"``, ``"shapes-clip"`` ...; or a
+            mapping ``{"name": ..., **kwargs}``; or an object that already encodes.
+        **overrides: Keyword arguments for the factory (``model``, ``pretrained``,
+            ``device``, ``batch_size`` ...).
+
+    Returns:
+        The encoder, with ``spec`` set to what rebuilds it (runtime options excluded).
+    """
+    if not isinstance(spec, (str, Mapping)):
+        return spec
+    if isinstance(spec, str):
+        name, kwargs = spec, dict(overrides)
+    else:
+        if "name" not in spec:
+            raise ValueError(f"encoder spec {dict(spec)!r} has no 'name' key")
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        kwargs.update(overrides)
+        name = str(spec["name"])
+    encoder = ENCODERS.create(name, **kwargs)
+    saved = {k: v for k, v in kwargs.items() if k not in _RUNTIME_KEYS}
+    encoder.spec = {"name": name, **saved}  # type: ignore[attr-defined]
+    return encoder
+
+
+def encoder_spec(encoder: Encoder) -> dict[str, Any] | None:
+    """The spec that rebuilds ``encoder``, or None when it was built by hand."""
+    spec = getattr(encoder, "spec", None)
+    return dict(spec) if isinstance(spec, Mapping) else None
+
+
+__all__ = ["ENCODERS", "TorchEncoder", "create_encoder", "encoder_spec"]
