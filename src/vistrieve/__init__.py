@@ -1,13 +1,107 @@
-"""vistrieve: image-text retrieval where multimodal and large language models augment a fast first stage."""
+"""vistrieve: image-text retrieval where multimodal and large language models augment a fast first stage.
+
+The core types are imported eagerly (they are light); the heavier components load on first
+access through a module ``__getattr__`` so that ``import vistrieve`` stays fast.
+
+Example:
+    >>> import vistrieve
+    >>> enc = vistrieve.create_encoder("clip-tiny-test")
+    >>> enc.dim
+    32
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vistrieve.types import (
     Corpus as Corpus,
+)
+from vistrieve.types import (
     DialogTurn as DialogTurn,
+)
+from vistrieve.types import (
+    Encoder as Encoder,
+)
+from vistrieve.types import (
+    GenerativeRetriever as GenerativeRetriever,
+)
+from vistrieve.types import (
     Hit as Hit,
+)
+from vistrieve.types import (
+    Index as Index,
+)
+from vistrieve.types import (
     Item as Item,
+)
+from vistrieve.types import (
     Query as Query,
 )
+from vistrieve.types import (
+    QueryRewriter as QueryRewriter,
+)
+from vistrieve.types import (
+    Reranker as Reranker,
+)
+from vistrieve.types import (
+    Retriever as Retriever,
+)
+
+if TYPE_CHECKING:
+    from vistrieve.data.shapes import ShapesWorld as ShapesWorld
+    from vistrieve.encoders import create_encoder as create_encoder
+    from vistrieve.retrievers.dense import DenseRetriever as DenseRetriever
+    from vistrieve.retrievers.factory import create_index as create_index
+    from vistrieve.retrievers.index import ExactIndex as ExactIndex
+    from vistrieve.retrievers.index import FaissIndex as FaissIndex
+    from vistrieve.retrievers.index import load_index as load_index
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "ShapesWorld": "vistrieve.data.shapes",
+    "create_encoder": "vistrieve.encoders",
+    "DenseRetriever": "vistrieve.retrievers.dense",
+    "create_index": "vistrieve.retrievers.factory",
+    "ExactIndex": "vistrieve.retrievers.index",
+    "FaissIndex": "vistrieve.retrievers.index",
+    "load_index": "vistrieve.retrievers.index",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vistrieve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = [
+    "Corpus",
+    "DenseRetriever",
+    "DialogTurn",
+    "Encoder",
+    "ExactIndex",
+    "FaissIndex",
+    "GenerativeRetriever",
+    "Hit",
+    "Index",
+    "Item",
+    "Query",
+    "QueryRewriter",
+    "Reranker",
+    "Retriever",
+    "ShapesWorld",
+    "__version__",
+    "create_encoder",
+    "create_index",
+    "load_index",
+]

@@ -1,0 +1,207 @@
+"""The ``vistrieve`` command line: index, search, demo, train.
+
+One argparse dispatch table (the clip-retrieval ``cli.py`` pattern); each subcommand parses
+its options and calls the library. ``main(argv)`` returns an exit code so tests can call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("vistrieve")
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _encoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"device": args.device, "batch_size": args.batch_size}
+    if args.num_workers is not None:
+        kw["num_workers"] = args.num_workers
+    if args.encoder == "open_clip":
+        kw["model"] = args.model or "ViT-B-32"
+        kw["pretrained"] = args.pretrained
+    elif args.encoder == "hf":
+        if not args.model:
+            raise SystemExit("--encoder hf needs --model NAME_OR_PATH")
+        kw["name_or_path"] = args.model
+    elif args.model or args.pretrained:
+        raise SystemExit(f"--model/--pretrained do not apply to --encoder {args.encoder}")
+    return kw
+
+
+# ----------------------------------------------------------------------------- index
+def cmd_index(args: argparse.Namespace) -> int:
+    from vistrieve.data.manifest import corpus_from_folder, corpus_from_manifest
+    from vistrieve.encoders import create_encoder
+    from vistrieve.retrievers.dense import DenseRetriever
+
+    source = Path(args.source)
+    skipped_rows: list[Any] = []
+    if source.is_dir():
+        corpus = corpus_from_folder(source)
+    elif source.is_file():
+        result = corpus_from_manifest(
+            source, image_root=args.image_root, on_missing="skip" if args.skip_missing else "error"
+        )
+        corpus, skipped_rows = result.corpus, list(result.skipped)
+    else:
+        raise SystemExit(f"source not found: {source} (give an image folder or a manifest file)")
+    encoder = create_encoder(args.encoder, **_encoder_kwargs(args))
+    retriever = DenseRetriever.build(
+        encoder,
+        corpus,
+        index=args.index,
+        directory=args.out,
+        resume=not args.no_resume,
+        chunk_size=args.chunk_size,
+    )
+    report = retriever.build_report
+    assert report is not None
+    _out(
+        f"indexed {report.n_indexed} of {report.n_items} images and {report.n_captions} captions "
+        f"into {args.out} in {report.seconds:.1f}s"
+        + (f" ({report.resumed_chunks} chunks resumed)" if report.resumed_chunks else "")
+    )
+    for row in skipped_rows:
+        _out(f"  skipped manifest line {row.line}: missing image {row.resolved}")
+    for s in report.skipped:
+        _out(f"  skipped unreadable image {s['source']}: {s['error']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- search
+def cmd_search(args: argparse.Namespace) -> int:
+    from vistrieve.retrievers.dense import DenseRetriever
+    from vistrieve.types import Query
+
+    overrides: dict[str, Any] = {"device": args.device}
+    retriever = DenseRetriever.load(args.index_dir, **overrides)
+    if args.image and args.text:
+        query = Query(text=args.text, image=args.image)
+    elif args.image:
+        query = Query(image=args.image)
+    elif args.text:
+        query = Query(text=args.text)
+    else:
+        raise SystemExit("give a query text, --image PATH, or both (composed query)")
+    hits = retriever.retrieve([query], k=args.k, target=args.target)[0]
+    if args.json:
+        _out(json.dumps([{"id": h.id, "score": h.score, **dict(h.metadata)} for h in hits], indent=2))
+    else:
+        _out(f"{query.kind} query -> top {len(hits)} {args.target}s")
+        for h in hits:
+            extra = h.metadata.get("caption") or h.metadata.get("uri") or ""
+            _out(f"{h.metadata['rank'] + 1:>3}. {h.score:+.4f}  {h.id}  {extra}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vistrieve.demo import run_demo
+
+    run_demo(_out, n_test=args.n_test, seed=args.seed)
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+def cmd_train_shapes_clip(args: argparse.Namespace) -> int:
+    from vistrieve.training.shapes_clip import train_shapes_clip
+
+    result = train_shapes_clip(
+        out=args.out, epochs=args.epochs, n_train=args.n_train, seed=args.seed,
+        install=args.install, checkpoint_dir=args.checkpoint_dir, val_every=args.val_every,
+    )
+    _out(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_encoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--encoder", default="shapes-clip",
+        help="encoder: shapes-clip (embedded default), open_clip, hf, clip-tiny-test",
+    )
+    p.add_argument("--model", help="open_clip architecture / hf-hub: / local-dir:, or hf name/path")
+    p.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=None, help="image decoding workers")
+    p.add_argument("--device", default="cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``vistrieve`` command."""
+    parser = argparse.ArgumentParser(
+        prog="vistrieve", description="Image-text retrieval with a fast first stage."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    p = sub.add_parser("index", help="index an image folder or a CSV/JSONL manifest")
+    p.add_argument("source", help="image folder, or manifest (.csv/.tsv/.jsonl/.json)")
+    p.add_argument("out", help="output directory for the retriever")
+    p.add_argument("--index", default="exact", help="exact | exact:float16 | faiss:<factory>")
+    p.add_argument("--image-root", help="base folder for relative paths in the manifest")
+    p.add_argument("--skip-missing", action="store_true", help="skip rows whose image is missing")
+    p.add_argument("--no-resume", action="store_true", help="ignore a partial earlier build")
+    p.add_argument("--chunk-size", type=int, default=2048, help="images per resumable chunk")
+    _add_encoder_options(p)
+    p.set_defaults(func=cmd_index)
+    commands["index"] = cmd_index
+
+    p = sub.add_parser("search", help="search a built index")
+    p.add_argument("index_dir")
+    p.add_argument("text", nargs="?", help="query text (the modification with --image)")
+    p.add_argument("--image", help="query image (reference image with a text)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--target", choices=["image", "text"], default="image")
+    p.add_argument("--json", action="store_true", help="print hits as JSON")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("demo", help="end-to-end demo on the built-in shapes world (offline)")
+    p.add_argument("--n-test", type=int, default=1000, help="test-split images")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="training recipes")
+    tsub = p.add_subparsers(dest="recipe", required=True)
+    t = tsub.add_parser("shapes-clip", help="train the embedded shapes-world CLIP")
+    t.add_argument("--out", default="runs/shapes-clip", help="output directory")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--n-train", type=int, default=4000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-dir", help="resumable checkpoints (default: OUT/checkpoints)")
+    t.add_argument("--val-every", type=int, default=5, help="validate every N epochs (0: never)")
+    t.add_argument("--install", action="store_true", help="copy the weights into the package")
+    t.set_defaults(func=cmd_train_shapes_clip)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        sys.stderr.write(f"vistrieve {args.command}: error: {msg}\n")
+        if args.verbose:
+            raise
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
