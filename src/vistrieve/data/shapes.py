@@ -127,7 +127,8 @@ class ShapesConfig:
     min_objects: int = field(default=1, metadata={"help": "fewest objects per image"})
     max_objects: int = field(default=3, metadata={"help": "most objects per image (<= 3)"})
     swap_fraction: float = field(
-        default=0.3, metadata={"help": "share of multi-object scenes whose colour-swapped twin is added"}
+        default=0.3,
+        metadata={"help": "share of multi-object scenes whose colour-swapped twin is added"},
     )
     holdout_combos: tuple[tuple[str, str], ...] = field(
         default=(), metadata={"help": "(colour, shape) pairs kept out of train/val"}
@@ -218,7 +219,11 @@ def captions_for(scene: Scene, rng: np.random.Generator) -> tuple[str, ...]:
     else:
         a, b = shuffled[0], shuffled[1]
         rel = "left of" if a.slot < b.slot else "right of"
-        caps.append(f"{_phrase(a)} to the {rel} {_phrase(b)}")
+        relational = f"{_phrase(a)} to the {rel} {_phrase(b)}"
+        if n == 3:
+            c = shuffled[2]
+            relational += f", with {_phrase(c, position=True)}"
+        caps.append(relational)
         caps.append(f"{_NUMBERS[n]} shapes: " + _join([_phrase(o) for o in shuffled]))
         caps.append("a picture of " + _join([_phrase(o, size=True) for o in objs]))
     out: list[str] = []
@@ -239,9 +244,7 @@ def _polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
     if kind == "diamond":
         return [(cx, cy - r), (cx + r * 0.75, cy), (cx, cy + r), (cx - r * 0.75, cy)]
     if kind == "hexagon":
-        return [
-            (cx + r * np.cos(a), cy + r * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 7)[:-1]
-        ]
+        return [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 7)[:-1]]
     if kind == "star":
         pts = []
         for i in range(10):
@@ -353,12 +356,19 @@ class ShapesWorld:
     @staticmethod
     def _swap_twin(scene: Scene, rng: np.random.Generator) -> Scene | None:
         objs = list(scene.objects)
-        pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))
-                 if objs[i].colour != objs[j].colour and objs[i].shape != objs[j].shape]
+        pairs = [
+            (i, j)
+            for i in range(len(objs))
+            for j in range(i + 1, len(objs))
+            if objs[i].colour != objs[j].colour and objs[i].shape != objs[j].shape
+        ]
         if not pairs:
             return None
         i, j = pairs[int(rng.integers(len(pairs)))]
-        objs[i], objs[j] = replace(objs[i], colour=objs[j].colour), replace(objs[j], colour=objs[i].colour)
+        objs[i], objs[j] = (
+            replace(objs[i], colour=objs[j].colour),
+            replace(objs[j], colour=objs[i].colour),
+        )
         return Scene(tuple(objs))
 
     # -- split generation ----------------------------------------------------------------
@@ -403,16 +413,24 @@ class ShapesWorld:
         for i, s in enumerate(scenes):
             by_key.setdefault(s.key(), []).append(f"{split}-{i:05d}")
         composed = [
-            replace(ex, target_ids=tuple(by_key[scenes[int(ex.target_ids[0].rsplit("-", 1)[1])].key()]))
+            replace(
+                ex, target_ids=tuple(by_key[scenes[int(ex.target_ids[0].rsplit("-", 1)[1])].key()])
+            )
             for ex in composed
         ]
         dialogs = []
         n_dlg = min(c.n_dialogs, len(scenes)) if scenes else 0
-        for d, idx in enumerate(rng.choice(len(scenes), size=n_dlg, replace=False).tolist() if n_dlg else []):
+        for d, idx in enumerate(
+            rng.choice(len(scenes), size=n_dlg, replace=False).tolist() if n_dlg else []
+        ):
             caption, turns = self._dialog(scenes[idx], rng)
             dialogs.append(
-                DialogExample(id=f"{split}-dlg-{d:05d}", target_id=f"{split}-{idx:05d}",
-                              caption=caption, turns=turns)
+                DialogExample(
+                    id=f"{split}-dlg-{d:05d}",
+                    target_id=f"{split}-{idx:05d}",
+                    caption=caption,
+                    turns=turns,
+                )
             )
         result = _Split(tuple(scenes), captions, tuple(composed), tuple(dialogs))
         self._splits[split] = result
@@ -543,7 +561,9 @@ class ShapesWorld:
     def composed(self, split: str) -> ComposedDataset:
         """Composed-retrieval triplets of ``split`` (targets are in the split's corpus)."""
         self._check_split(split)
-        return ComposedDataset(self.corpus(split), self._generate(split).composed, f"shapes-{split}")
+        return ComposedDataset(
+            self.corpus(split), self._generate(split).composed, f"shapes-{split}"
+        )
 
     def dialogs(self, split: str) -> DialogDataset:
         """ChatIR-style dialogs of ``split`` (targets are in the split's corpus)."""
@@ -579,8 +599,16 @@ class ShapesWorld:
             atomic_write_bytes(out / rel, buf.getvalue())
             for cap in item.captions:
                 writer.writerow([rel, cap])
-            lines.append(json.dumps({"id": item.id, "image": rel, "captions": list(item.captions),
-                                     "labels": list(item.labels)}))
+            lines.append(
+                json.dumps(
+                    {
+                        "id": item.id,
+                        "image": rel,
+                        "captions": list(item.captions),
+                        "labels": list(item.labels),
+                    }
+                )
+            )
         atomic_write_bytes(out / "captions.csv", rows.getvalue().encode())
         atomic_write(out / "manifest.jsonl", lambda p: p.write_text("\n".join(lines) + "\n"))
         return out
