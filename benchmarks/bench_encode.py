@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     enc = create_encoder(
-        "open_clip", model=args.model, seed=0, batch_size=args.batch_size,
-        num_workers=args.num_workers, progress=False,
+        "open_clip",
+        model=args.model,
+        seed=0,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=False,
     )
     model = enc.model  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory() as tmp:

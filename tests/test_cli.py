@@ -23,7 +23,10 @@ def test_index_and_search_folder(tmp_path: Path, capsys: pytest.CaptureFixture[s
     photos = _folder(tmp_path)
     (photos / "broken.jpg").write_bytes(b"garbage")
     out = tmp_path / "idx"
-    assert main(["index", str(photos), str(out), "--encoder", "clip-tiny-test", "--num-workers", "0"]) == 0
+    assert (
+        main(["index", str(photos), str(out), "--encoder", "clip-tiny-test", "--num-workers", "0"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "indexed 6 of 7 images" in text and "broken.jpg" in text
     assert (out / "retriever.json").is_file()
@@ -42,9 +45,7 @@ def test_index_manifest_missing_image(tmp_path: Path, capsys: pytest.CaptureFixt
     photos = _folder(tmp_path, 3)
     manifest = tmp_path / "m.csv"
     manifest.write_text(
-        "image,caption\n"
-        f"{photos / 'p0.png'},a first photo\n"
-        f"{photos / 'nope.png'},a missing photo\n"
+        f"image,caption\n{photos / 'p0.png'},a first photo\n{photos / 'nope.png'},a missing photo\n"
     )
     args = ["index", str(manifest), str(tmp_path / "idx"), "--encoder", "clip-tiny-test"]
     assert main(args) == 2

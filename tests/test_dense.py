@@ -23,7 +23,9 @@ def _corpus(tmp_path: Path, n: int = 12) -> Corpus:
         arr = np.zeros((32, 32, 3), dtype=np.uint8)
         arr[4 + i % 8 : 20 + i % 8, 2 + i // 2 : 14 + i] = COLOURS[colour]
         Image.fromarray(arr).save(p)
-        items.append(Item(f"img{i:02d}", image=str(p), captions=(f"a {colour} box {i}", f"box {i}")))
+        items.append(
+            Item(f"img{i:02d}", image=str(p), captions=(f"a {colour} box {i}", f"box {i}"))
+        )
     return Corpus(items)
 
 

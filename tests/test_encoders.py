@@ -133,13 +133,23 @@ def _tiny_hf(kind: str) -> tuple[object, object, object]:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
     text = dict(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=len(words), max_position_embeddings=16, bos_token_id=0, eos_token_id=0,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(words),
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=0,
         pad_token_id=0,
     )
     vision = dict(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        image_size=32, patch_size=8,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
     )
     torch.manual_seed(0)
     if kind == "clip":

@@ -41,7 +41,9 @@ class KeywordRetriever:
     def cost(self) -> dict[str, float]:
         return {"pairs_evaluated": float(self.pairs)}
 
-    def retrieve(self, queries: Sequence[Query], k: int = 10, *, target: str = "image") -> list[list[Hit]]:
+    def retrieve(
+        self, queries: Sequence[Query], k: int = 10, *, target: str = "image"
+    ) -> list[list[Hit]]:
         self.calls += 1
         out = []
         for q in queries:
@@ -50,11 +52,15 @@ class KeywordRetriever:
                 text = q.text or ""
             v = self._vec(text)
             if target == "image":
-                cands = [(float(self._vec(it.captions[0]) @ v), it.id, it.id) for it in self.corpus.values()]
+                cands = [
+                    (float(self._vec(it.captions[0]) @ v), it.id, it.id)
+                    for it in self.corpus.values()
+                ]
             else:
                 cands = [
                     (float(self._vec(c) @ v), f"{it.id}#{j}", it.id)
-                    for it in self.corpus.values() for j, c in enumerate(it.captions)
+                    for it in self.corpus.values()
+                    for j, c in enumerate(it.captions)
                 ]
             self.pairs += len(cands)
             cands.sort(key=lambda c: (-c[0], c[1]))
@@ -113,7 +119,9 @@ def test_composed_evaluator_drops_reference() -> None:
 
 def test_dialog_evaluator_cumulative() -> None:
     dialogs = [
-        DialogExample("d0", "c", "a shape", (DialogTurn("colour?", "green"), DialogTurn("shape?", "star"))),
+        DialogExample(
+            "d0", "c", "a shape", (DialogTurn("colour?", "green"), DialogTurn("shape?", "star"))
+        ),
         DialogExample("d1", "b", "a shape", (DialogTurn("colour?", "blue"),)),
     ]
     ev = DialogEvaluator(DialogDataset(CORPUS, dialogs), name="chat", k=1)
@@ -162,8 +170,25 @@ def test_dialog_plot(tmp_path: Path) -> None:
 def test_eval_cli_on_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval"
     code = main(
-        ["eval", "--dataset", "shapes", "--split", "val", "--shapes-n", "60", "--task", "retrieval", "--task",
-         "composed", "--encoder", "clip-tiny-test", "--num-workers", "0", "--out", str(out)]
+        [
+            "eval",
+            "--dataset",
+            "shapes",
+            "--split",
+            "val",
+            "--shapes-n",
+            "60",
+            "--task",
+            "retrieval",
+            "--task",
+            "composed",
+            "--encoder",
+            "clip-tiny-test",
+            "--num-workers",
+            "0",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     text = capsys.readouterr().out

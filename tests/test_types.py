@@ -21,7 +21,10 @@ def test_query_kinds() -> None:
 def test_dialog_text_is_chatir_style() -> None:
     q = Query(
         text="a picture with two shapes",
-        dialog=[DialogTurn("is there a star?", "no"), DialogTurn("what colour is the circle?", "red")],
+        dialog=[
+            DialogTurn("is there a star?", "no"),
+            DialogTurn("what colour is the circle?", "red"),
+        ],
     )
     assert isinstance(q.dialog, tuple)
     assert q.as_text(0) == "a picture with two shapes"

@@ -1,4 +1,4 @@
-"""vistrieve: image-text retrieval where multimodal and large language models augment a fast first stage.
+"""vistrieve: image-text retrieval where multimodal and LLMs augment a fast first stage.
 
 The core types are imported eagerly (they are light); the heavier components load on first
 access through a module ``__getattr__`` so that ``import vistrieve`` stays fast.

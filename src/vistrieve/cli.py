@@ -94,7 +94,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SystemExit("give a query text, --image PATH, or both (composed query)")
     hits = retriever.retrieve([query], k=args.k, target=args.target)[0]
     if args.json:
-        _out(json.dumps([{"id": h.id, "score": h.score, **dict(h.metadata)} for h in hits], indent=2))
+        _out(
+            json.dumps([{"id": h.id, "score": h.score, **dict(h.metadata)} for h in hits], indent=2)
+        )
     else:
         _out(f"{query.kind} query -> top {len(hits)} {args.target}s")
         for h in hits:
@@ -117,14 +119,14 @@ def _eval_data(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     from vistrieve.evals.runner import ComposedEvaluator, DialogEvaluator, RetrievalEvaluator
 
     if args.dataset == "shapes":
-        from vistrieve.data.shapes import ShapesWorld
+        from vistrieve.data.shapes import ShapesConfig, ShapesWorld
 
-        size: dict[str, int] = {}
+        size: dict[str, Any] = {}
         if args.shapes_n is not None:
             key = "n_test" if args.split == "heldout" else f"n_{args.split}"
             n = args.shapes_n
             size = {key: n, "n_composed": min(500, n // 2), "n_dialogs": min(200, n // 2)}
-        world = ShapesWorld(seed=args.seed, **size)
+        world = ShapesWorld(ShapesConfig(seed=args.seed, **size))
         corpus = world.corpus(args.split)
         evaluators: list[Any] = []
         tasks = args.task or ["retrieval"]
@@ -168,7 +170,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods: dict[str, Any] = {}
     for spec in args.encoder or []:
         name, _, rest = spec.partition(":")
-        kw: dict[str, Any] = {"num_workers": args.num_workers} if args.num_workers is not None else {}
+        kw: dict[str, Any] = (
+            {"num_workers": args.num_workers} if args.num_workers is not None else {}
+        )
         if name == "open_clip":
             model, _, pretrained = rest.partition(":")
             kw.update(model=model or "ViT-B-32", pretrained=pretrained or None)
@@ -193,8 +197,13 @@ def cmd_train_shapes_clip(args: argparse.Namespace) -> int:
     from vistrieve.training.shapes_clip import train_shapes_clip
 
     result = train_shapes_clip(
-        out=args.out, epochs=args.epochs, n_train=args.n_train, seed=args.seed,
-        install=args.install, checkpoint_dir=args.checkpoint_dir, val_every=args.val_every,
+        out=args.out,
+        epochs=args.epochs,
+        n_train=args.n_train,
+        seed=args.seed,
+        install=args.install,
+        checkpoint_dir=args.checkpoint_dir,
+        val_every=args.val_every,
     )
     _out(json.dumps(result, indent=2))
     return 0
@@ -202,7 +211,8 @@ def cmd_train_shapes_clip(args: argparse.Namespace) -> int:
 
 def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--encoder", default="shapes-clip",
+        "--encoder",
+        default="shapes-clip",
         help="encoder: shapes-clip (embedded default), open_clip, hf, clip-tiny-test",
     )
     p.add_argument("--model", help="open_clip architecture / hf-hub: / local-dir:, or hf name/path")
@@ -254,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="test")
     p.add_argument(
-        "--task", action="append", choices=["retrieval", "composed", "dialog"],
+        "--task",
+        action="append",
+        choices=["retrieval", "composed", "dialog"],
         help="shapes tasks (repeatable; default retrieval)",
     )
     p.add_argument("--data", help="dataset file or folder (flickr8k dir, Karpathy JSON, manifest)")
@@ -263,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes-n", type=int, help="shapes: base images in the split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--encoder", action="append",
+        "--encoder",
+        action="append",
         help="method: NAME, open_clip:ARCH[:PRETRAINED] or hf:NAME_OR_PATH (repeatable)",
     )
     p.add_argument("--index-dir", action="append", help="method: a saved retriever (repeatable)")

@@ -69,9 +69,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, list(self._factories), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             known = ", ".join(sorted(self._factories)) or "none"
-            raise KeyError(
-                f"unknown {self.kind} {name!r}{hint} (registered: {known})"
-            ) from None
+            raise KeyError(f"unknown {self.kind} {name!r}{hint} (registered: {known})") from None
 
     def create(self, name: str, **overrides: Any) -> T:
         """Build the object registered under ``name`` with keyword overrides."""

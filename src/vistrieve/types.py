@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from PIL import Image
+    pass
 
 ImageInput = "Image.Image | str | os.PathLike[str]"
 """An image given in memory (``PIL.Image.Image``) or as a local file path."""
@@ -276,6 +276,9 @@ class Index(Protocol):
     """A vector index over string ids."""
 
     dim: int
+
+    @property
+    def ids(self) -> list[str]: ...
 
     def __len__(self) -> int: ...
 

@@ -62,7 +62,9 @@ def save_compact_clip(
     atomic_write_json(dest.with_suffix(".json"), sidecar)
 
 
-def load_compact_clip(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, Any, Any, dict[str, Any]]:
+def load_compact_clip(
+    path: str | os.PathLike[str],
+) -> tuple[torch.nn.Module, Any, Any, dict[str, Any]]:
     """Load a model saved by :func:`save_compact_clip`.
 
     Returns:
@@ -105,9 +107,7 @@ def load_compact_clip(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, An
     return model, preprocess, tokenizer, sidecar
 
 
-def load_shapes_clip(
-    path: str | os.PathLike[str] | None = None, **kwargs: Any
-) -> Any:
+def load_shapes_clip(path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Any:
     """The embedded shapes-world CLIP as an :class:`~vistrieve.encoders.open_clip.OpenClipEncoder`.
 
     Args:

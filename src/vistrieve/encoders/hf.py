@@ -63,8 +63,10 @@ class HFClipEncoder(TorchEncoder):
         self.image_processor = image_processor
         self.name = name
         model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
-        self.padding = padding if padding is not None else (
-            "max_length" if model_type.startswith("siglip") else True
+        self.padding = (
+            padding
+            if padding is not None
+            else ("max_length" if model_type.startswith("siglip") else True)
         )
         text_cfg = getattr(getattr(model, "config", None), "text_config", None)
         self.max_length = max_length or int(getattr(text_cfg, "max_position_embeddings", 77))

@@ -114,9 +114,8 @@ class OpenClipEncoder(TorchEncoder):
         pretrained_arg: str | None = None
         if pretrained is not None:
             pretrained_arg = os.fspath(pretrained)
-            looks_like_path = (
-                os.sep in pretrained_arg
-                or pretrained_arg.endswith((".pt", ".pth", ".bin", ".safetensors"))
+            looks_like_path = os.sep in pretrained_arg or pretrained_arg.endswith(
+                (".pt", ".pth", ".bin", ".safetensors")
             )
             if looks_like_path and not os.path.isfile(pretrained_arg):
                 raise FileNotFoundError(f"checkpoint file not found: {pretrained_arg}")
@@ -143,7 +142,10 @@ class OpenClipEncoder(TorchEncoder):
                     f"available: {', '.join(tags) or 'none'} (or give a checkpoint path)"
                 )
         net, _, preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=pretrained_arg, precision=precision, device=device,
+            model,
+            pretrained=pretrained_arg,
+            precision=precision,
+            device=device,
             cache_dir=cache_dir,
         )
         tokenizer = open_clip.get_tokenizer(model)

@@ -120,13 +120,17 @@ class EvalReport:
             ax.set_title(f"{pfx + ' ' if pfx else ''}{direction.replace('_', ' ')}")
             ax.legend(fontsize=8)
             fig.tight_layout()
-            written.append(_save_fig(fig, out / f"recall_{pfx + '_' if pfx else ''}{direction}.png"))
+            written.append(
+                _save_fig(fig, out / f"recall_{pfx + '_' if pfx else ''}{direction}.png")
+            )
             plt.close(fig)
         curves = [(n, label, c) for n, r in self.methods.items() for label, c in r.curves.items()]
         if curves:
             fig, ax = plt.subplots(figsize=(6, 3.5))
             for name, label, curve in curves:
-                ax.plot(range(len(curve)), [100 * v for v in curve], marker="o", label=f"{name} {label}")
+                ax.plot(
+                    range(len(curve)), [100 * v for v in curve], marker="o", label=f"{name} {label}"
+                )
             ax.set_xlabel("dialog round")
             ax.set_ylabel("cumulative Hits@K (%)")
             ax.set_ylim(0, 100)

@@ -111,7 +111,9 @@ class DenseRetriever:
                 f"dim {encoder.dim}"
             )
         if composed_mode not in ("sum", "image", "text"):
-            raise ValueError(f"composed_mode must be 'sum', 'image' or 'text', got {composed_mode!r}")
+            raise ValueError(
+                f"composed_mode must be 'sum', 'image' or 'text', got {composed_mode!r}"
+            )
         self.encoder = encoder
         self.image_index = image_index
         self.text_index = text_index
@@ -166,9 +168,13 @@ class DenseRetriever:
             fp = _fingerprint(encoder.name, ids, sources)
             meta = {"fingerprint": fp, "chunk_size": chunk_size, "encoder": encoder.name}
             meta_file = partial / "meta.json"
-            if partial.exists() and (not resume or not meta_file.is_file() or read_json(meta_file) != meta):
+            if partial.exists() and (
+                not resume or not meta_file.is_file() or read_json(meta_file) != meta
+            ):
                 if resume:
-                    logger.info("partial build in %s is for other data or settings; restarting", partial)
+                    logger.info(
+                        "partial build in %s is for other data or settings; restarting", partial
+                    )
                 shutil.rmtree(partial)
             partial.mkdir(parents=True, exist_ok=True)
             atomic_write_json(meta_file, meta)
@@ -218,7 +224,8 @@ class DenseRetriever:
         if report.skipped:
             logger.warning(
                 "%d of %d images could not be read and were skipped (see the build report)",
-                len(report.skipped), len(with_image),
+                len(report.skipped),
+                len(with_image),
             )
 
         text_index = None
@@ -251,11 +258,13 @@ class DenseRetriever:
             mode = self.composed_mode
             img = (
                 self.encoder.encode_image([queries[i].image for i in composed_rows])
-                if mode != "text" else None
+                if mode != "text"
+                else None
             )
             txt = (
                 self.encoder.encode_text([queries[i].text or "" for i in composed_rows])
-                if mode != "image" else None
+                if mode != "image"
+                else None
             )
             if img is not None and txt is not None:
                 fused = img + txt
@@ -417,13 +426,21 @@ class DenseRetriever:
                     "pass the same encoder to load()"
                 )
             encoder = create_encoder(meta["encoder"], **overrides)
-        image_index = load_index(root / "image_index", expected_model=encoder.name, expected_dim=encoder.dim)
+        image_index = load_index(
+            root / "image_index", expected_model=encoder.name, expected_dim=encoder.dim
+        )
         text_index = None
         if meta.get("text_index"):
-            text_index = load_index(root / "text_index", expected_model=encoder.name, expected_dim=encoder.dim)
+            text_index = load_index(
+                root / "text_index", expected_model=encoder.name, expected_dim=encoder.dim
+            )
         corpus = _read_corpus(root / "corpus.jsonl")
         r = cls(
-            encoder, image_index, corpus, text_index=text_index, name=meta.get("name", "dense"),
+            encoder,
+            image_index,
+            corpus,
+            text_index=text_index,
+            name=meta.get("name", "dense"),
             composed_mode=meta.get("composed_mode", "sum"),
         )
         report_file = root / "build_report.json"
@@ -432,10 +449,12 @@ class DenseRetriever:
         return r
 
 
-def _encode_tolerant(encoder: Encoder, images: list[Any]) -> tuple[np.ndarray, list[int], list[Any]]:
+def _encode_tolerant(
+    encoder: Encoder, images: list[Any]
+) -> tuple[np.ndarray, list[int], list[Any]]:
     tolerant = getattr(encoder, "encode_image_tolerant", None)
     if tolerant is not None:
-        return tolerant(images)  # type: ignore[no-any-return]
+        return tolerant(images)
     # Encoders without tolerant decoding: encode one by one so a bad file is skipped alone.
     from vistrieve.encoders.base import ImageFailure
     from vistrieve.utils.images import ImageLoadError, describe_image
@@ -473,8 +492,13 @@ def _write_corpus(corpus: Corpus, path: Path) -> None:
         meta = {k: v for k, v in it.metadata.items() if _jsonable(v) is not None}
         lines.append(
             json.dumps(
-                {"id": it.id, "image": it.uri, "captions": list(it.captions),
-                 "labels": list(it.labels), "metadata": meta},
+                {
+                    "id": it.id,
+                    "image": it.uri,
+                    "captions": list(it.captions),
+                    "labels": list(it.labels),
+                    "metadata": meta,
+                },
                 ensure_ascii=False,
             )
         )
@@ -493,7 +517,12 @@ def _read_corpus(path: Path) -> Corpus:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{n}: invalid JSON ({exc}); the file is corrupt") from exc
         items.append(
-            Item(row["id"], image=row.get("image"), captions=tuple(row.get("captions", ())),
-                 labels=tuple(row.get("labels", ())), metadata=row.get("metadata", {}))
+            Item(
+                row["id"],
+                image=row.get("image"),
+                captions=tuple(row.get("captions", ())),
+                labels=tuple(row.get("labels", ())),
+                metadata=row.get("metadata", {}),
+            )
         )
     return Corpus(items)

@@ -61,7 +61,9 @@ class ClipTrainConfig:
         return cls(**data)
 
 
-def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of normalised pairs (row i of each is a positive pair)."""
     logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()
     labels = torch.arange(logits.shape[0], device=logits.device)
@@ -128,7 +130,10 @@ def train_clip(
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.lr,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, total_steps))
@@ -156,7 +161,9 @@ def train_clip(
         order = torch.randperm(len(items), generator=gen)
         choice = torch.randint(0, 1 << 30, (len(items),), generator=gen)
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress
+        )
         for s in bar:
             idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             text = torch.stack(

@@ -108,17 +108,20 @@ def train_shapes_clip(
 
     cfg = ClipTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     history = train_clip(
-        model, preprocess, tokenizer, world.corpus("train"), cfg,
-        checkpoint_dir=checkpoint_dir or out_dir / "checkpoints", evaluate=evaluate,
+        model,
+        preprocess,
+        tokenizer,
+        world.corpus("train"),
+        cfg,
+        checkpoint_dir=checkpoint_dir or out_dir / "checkpoints",
+        evaluate=evaluate,
     )
     encoder = OpenClipEncoder(model, preprocess, tokenizer, name=ARCH, progress=False)
     test_metrics = evaluate_encoder(encoder, world.corpus("test"))
-    used = set()
+    used: set[int] = set()
     for row in tokenizer(shapes_vocabulary_texts(world)):
         used.update(int(t) for t in row.tolist())
-    recipe = (
-        f"vistrieve train shapes-clip --epochs {epochs} --n-train {n_train} --seed {seed}"
-    )
+    recipe = f"vistrieve train shapes-clip --epochs {epochs} --n-train {n_train} --seed {seed}"
     meta = {
         "recipe": recipe,
         "world": world.config.to_dict(),

@@ -37,7 +37,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> None:
     """Call ``writer(tmp_path)`` to write a temporary file, then rename it to ``path``.
 
     Args:
@@ -149,7 +149,9 @@ def check_files(directory: Path, records: list[dict[str, Any]]) -> None:
     for rec in records:
         f = directory / rec["name"]
         if not f.is_file():
-            raise FileNotFoundError(f"{directory}: file {rec['name']!r} listed in the manifest is missing")
+            raise FileNotFoundError(
+                f"{directory}: file {rec['name']!r} listed in the manifest is missing"
+            )
         size = f.stat().st_size
         if size != rec["bytes"]:
             raise ValueError(
