@@ -174,7 +174,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             {"num_workers": args.num_workers} if args.num_workers is not None else {}
         )
         if name == "open_clip":
-            model, _, pretrained = rest.partition(":")
+            if rest.startswith(("hf-hub:", "local-dir:")):
+                model, pretrained = rest, ""
+            else:
+                model, _, pretrained = rest.partition(":")
             kw.update(model=model or "ViT-B-32", pretrained=pretrained or None)
         elif name == "hf":
             kw.update(name_or_path=rest)
