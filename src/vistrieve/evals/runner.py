@@ -62,7 +62,7 @@ def _retrieve(
 ) -> list[list[Hit]]:
     out: list[list[Hit]] = []
     for batch in _batched(list(queries), batch_size):
-        out.extend(retriever.retrieve(batch, k=k, **kw))  # type: ignore[call-arg]
+        out.extend(retriever.retrieve(batch, k=k, **kw))
     return out
 
 
@@ -95,7 +95,11 @@ class RetrievalEvaluator:
     """
 
     def __init__(
-        self, corpus: Corpus, *, name: str = "", ks: Sequence[int] = (1, 5, 10),
+        self,
+        corpus: Corpus,
+        *,
+        name: str = "",
+        ks: Sequence[int] = (1, 5, 10),
         batch_size: int = 256,
     ) -> None:
         self.corpus = Corpus(corpus)
@@ -112,14 +116,18 @@ class RetrievalEvaluator:
             raise ValueError("the corpus has no captions to use as text queries")
         hits = _retrieve(retriever, [Query(text=t) for t in texts], depth, self.batch_size)
         ranks = _ranks(hits, owners)
-        out: dict[str, float] = {f"text_to_image_R@{k}": v for k, v in recall_at_k(ranks, self.ks).items()}
+        out: dict[str, float] = {
+            f"text_to_image_R@{k}": v for k, v in recall_at_k(ranks, self.ks).items()
+        }
         out[f"text_to_image_MRR@{depth}"] = mrr(ranks)
         if _supports_target(retriever):
             items = [it for it in self.corpus.values() if it.image is not None and it.captions]
             queries = [Query(image=it.image) for it in items]
             rows = _retrieve(retriever, queries, depth, self.batch_size, target="text")
             i_ranks = _ranks(rows, [it.id for it in items])
-            out.update({f"image_to_text_R@{k}": v for k, v in recall_at_k(i_ranks, self.ks).items()})
+            out.update(
+                {f"image_to_text_R@{k}": v for k, v in recall_at_k(i_ranks, self.ks).items()}
+            )
             out[f"image_to_text_MRR@{depth}"] = mrr(i_ranks)
         else:
             logger.info("retriever has no text target; image->text is not evaluated")
@@ -140,8 +148,13 @@ class ComposedEvaluator:
     """
 
     def __init__(
-        self, dataset: ComposedDataset, *, name: str = "", ks: Sequence[int] = (1, 5, 10, 50),
-        subset_ks: Sequence[int] = (1, 2, 3), batch_size: int = 128,
+        self,
+        dataset: ComposedDataset,
+        *,
+        name: str = "",
+        ks: Sequence[int] = (1, 5, 10, 50),
+        subset_ks: Sequence[int] = (1, 2, 3),
+        batch_size: int = 128,
     ) -> None:
         if not dataset.examples:
             raise ValueError(f"composed dataset {dataset.name!r} has no examples")
@@ -161,11 +174,24 @@ class ComposedEvaluator:
         targets = [list(ex.target_ids) for ex in examples]
         exclude = [[ex.reference_id] for ex in examples]
         out: dict[str, float] = {}
-        out.update({f"R@{k}": v for k, v in cir_recall_at_k(ranked, targets, self.ks, exclude_ids=exclude).items()})
-        out.update({f"mAP@{k}": v for k, v in cir_map_at_k(ranked, targets, self.ks, exclude_ids=exclude).items()})
+        out.update(
+            {
+                f"R@{k}": v
+                for k, v in cir_recall_at_k(ranked, targets, self.ks, exclude_ids=exclude).items()
+            }
+        )
+        out.update(
+            {
+                f"mAP@{k}": v
+                for k, v in cir_map_at_k(ranked, targets, self.ks, exclude_ids=exclude).items()
+            }
+        )
         if all(ex.subset_ids for ex in examples):
             sub = cir_recall_subset_at_k(
-                ranked, targets, [list(ex.subset_ids) for ex in examples], self.subset_ks,
+                ranked,
+                targets,
+                [list(ex.subset_ids) for ex in examples],
+                self.subset_ks,
                 exclude_ids=exclude,
             )
             out.update({f"R_subset@{k}": v for k, v in sub.items()})
@@ -184,7 +210,12 @@ class DialogEvaluator:
     """
 
     def __init__(
-        self, dataset: DialogDataset, *, name: str = "", rounds: int | None = None, k: int = 10,
+        self,
+        dataset: DialogDataset,
+        *,
+        name: str = "",
+        rounds: int | None = None,
+        k: int = 10,
         batch_size: int = 256,
     ) -> None:
         if not dataset.examples:
@@ -194,7 +225,9 @@ class DialogEvaluator:
         self.rounds = rounds if rounds is not None else max(len(e.turns) for e in dataset.examples)
         self.k = k
         self.batch_size = batch_size
-        self.primary_metric = f"{name}_hits@{k}_round{self.rounds}" if name else f"hits@{k}_round{self.rounds}"
+        self.primary_metric = (
+            f"{name}_hits@{k}_round{self.rounds}" if name else f"hits@{k}_round{self.rounds}"
+        )
         self.last_curve: list[float] = []
 
     def target_ranks(self, retriever: Retriever) -> np.ndarray:
@@ -202,7 +235,9 @@ class DialogEvaluator:
         examples = list(self.dataset.examples)
         ranks = np.empty((len(examples), self.rounds + 1), dtype=np.int64)
         for r in range(self.rounds + 1):
-            rows = _retrieve(retriever, [ex.query(rounds=r) for ex in examples], self.k, self.batch_size)
+            rows = _retrieve(
+                retriever, [ex.query(rounds=r) for ex in examples], self.k, self.batch_size
+            )
             ranks[:, r] = _ranks(rows, [ex.target_id for ex in examples])
         return ranks
 
@@ -210,7 +245,9 @@ class DialogEvaluator:
         """Evaluate ``retriever``; also keeps the per-round curve in ``last_curve``."""
         curve = cumulative_hits_at_k(self.target_ranks(retriever), self.k)
         self.last_curve = [float(x) for x in curve]
-        return prefix({f"hits@{self.k}_round{r}": v for r, v in enumerate(self.last_curve)}, self.name)
+        return prefix(
+            {f"hits@{self.k}_round{r}": v for r, v in enumerate(self.last_curve)}, self.name
+        )
 
 
 # --------------------------------------------------------------------------- cost
