@@ -122,6 +122,9 @@ class RetrievalEvaluator:
         out[f"text_to_image_MRR@{depth}"] = mrr(ranks)
         if _supports_target(retriever):
             items = [it for it in self.corpus.values() if it.image is not None and it.captions]
+            if not items:
+                logger.info("no item has an image; image->text is not evaluated")
+                return prefix(out, self.name)
             queries = [Query(image=it.image) for it in items]
             rows = _retrieve(retriever, queries, depth, self.batch_size, target="text")
             i_ranks = _ranks(rows, [it.id for it in items])
