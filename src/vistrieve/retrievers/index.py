@@ -60,6 +60,7 @@ Metric = Literal["ip", "l2"]
 _IndexT = TypeVar("_IndexT", bound="BaseIndex")
 
 _FLOAT16_MAX = 65504.0
+_CONVERT_BYTES = 128 * 2**20
 
 
 class IndexMismatchError(ValueError):
@@ -407,8 +408,14 @@ def read_index_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             "(indexes are written with index.save(path))"
         )
     manifest = read_json(mf)
-    required = {"format_version": int, "kind": str, "dim": int, "count": int, "metric": str,
-                "files": list}
+    required = {
+        "format_version": int,
+        "kind": str,
+        "dim": int,
+        "count": int,
+        "metric": str,
+        "files": list,
+    }
     if not isinstance(manifest, dict):
         raise ValueError(f"{mf} is not a vistrieve index manifest (not a JSON object)")
     for key, typ in required.items():
@@ -479,9 +486,7 @@ def load_index(
             f"{got}; {fix}"
         )
     if expected_model is not None and built_model is None:
-        logger.warning(
-            "index at %s records no model; assuming it matches %r", root, expected_model
-        )
+        logger.warning("index at %s records no model; assuming it matches %r", root, expected_model)
     check_files(root, manifest["files"])
     index = cls._from_manifest(manifest)
     ids = read_json(root / "ids.json")
@@ -489,8 +494,10 @@ def load_index(
     if not isinstance(ids, list) or len(ids) != count or not all(isinstance(i, str) for i in ids):
         raise ValueError(f"{root}/ids.json does not hold {count} string ids; rebuild the index")
     labels = load_npy(root / "labels.npy")
-    if labels.shape != (count,) or labels.dtype.kind not in "iu" or (
-        count > 1 and not bool(np.all(np.diff(labels) > 0))
+    if (
+        labels.shape != (count,)
+        or labels.dtype.kind not in "iu"
+        or (count > 1 and not bool(np.all(np.diff(labels) > 0)))
     ):
         raise ValueError(
             f"{root}/labels.npy must hold {count} increasing integer labels, got shape "
@@ -554,7 +561,9 @@ class ExactIndex(BaseIndex):
     with blocks of ``query_block`` queries, ``torch.topk`` keeps the best of each score
     block, and a running merge keeps the best ``k`` per query. Memory beyond the stored
     vectors is one score block (``query_block x db_block`` float32: 256 MiB at the
-    defaults) plus, for float16 storage, one float32 copy of a database block.
+    defaults) plus, for float16 storage, a float32 copy of the database block being
+    scanned (float16 storage scans blocks of at most 128 MiB as float32: 65536 rows at
+    ``dim=512``).
 
     Scores are higher-is-better: the inner product for ``metric="ip"`` (the cosine for
     L2-normalised vectors), the negative squared L2 distance for ``metric="l2"``. Equal
@@ -680,6 +689,10 @@ class ExactIndex(BaseIndex):
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n, nq = len(self), queries.shape[0]
         qb, db = min(self.query_block, nq), min(self.db_block, n)
+        if self._torch_dtype != torch.float32:
+            # The float32 copy of a block is fresh memory each search; bounding it keeps
+            # small searches (one query) from paying for a huge conversion buffer.
+            db = min(db, max(1, _CONVERT_BYTES // (4 * self.dim)))
         q_all = torch.from_numpy(queries)
         l2 = self.metric == "l2"
         best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * -(-nq // qb)
@@ -885,9 +898,7 @@ class FaissIndex(BaseIndex):
         """Removed items still held by an index without ``remove_ids`` (see :meth:`compact`)."""
         return len(self._tombstones)
 
-    def set_search_params(
-        self, *, nprobe: int | None = None, ef_search: int | None = None
-    ) -> None:
+    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set search-time parameters (``None`` leaves one unchanged).
 
         Args:
@@ -992,7 +1003,9 @@ class FaissIndex(BaseIndex):
             logger.warning(
                 "FAISS index %r holds %d tombstones for %d live items, which slows search; "
                 "call compact()",
-                self.factory, len(self._tombstones), live,
+                self.factory,
+                len(self._tombstones),
+                live,
             )
 
     def reconstruct(self, ids: Sequence[str]) -> np.ndarray:
