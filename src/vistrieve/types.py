@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
 if TYPE_CHECKING:
-    pass
+    from PIL import Image
 
-ImageInput = "Image.Image | str | os.PathLike[str]"
+ImageInput: TypeAlias = "Image.Image | str | os.PathLike[str]"
 """An image given in memory (``PIL.Image.Image``) or as a local file path."""
 
 QueryKind = Literal["text", "image", "composed", "dialog"]

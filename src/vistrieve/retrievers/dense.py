@@ -353,13 +353,14 @@ class DenseRetriever:
         unknown = [i for i in ids if i not in self.corpus]
         if unknown:
             raise KeyError(f"ids not in the retriever's corpus: {unknown[:5]}")
-        removed = self.image_index.remove([i for i in ids if i in set(self.image_index.ids)])
+        gone = set(ids)
+        indexed = set(self.image_index.ids)
+        removed = self.image_index.remove([i for i in ids if i in indexed])
         if self.text_index is not None:
-            gone = set(ids)
             caps = [c for c in self.text_index.ids if c.rpartition("#")[0] in gone]
             if caps:
                 self.text_index.remove(caps)
-        self.corpus = Corpus([it for it in self.corpus.values() if it.id not in set(ids)])
+        self.corpus = Corpus([it for it in self.corpus.values() if it.id not in gone])
         return removed
 
     # ------------------------------------------------------------------ persistence
