@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vistrieve.cli import main
+from vistrieve.encoders import create_encoder
+from vistrieve.encoders.embedded import load_compact_clip, save_compact_clip
+
+
+def test_compact_save_load_round_trip(tmp_path: Path) -> None:
+    enc = create_encoder("clip-tiny-test", seed=5)
+    texts = ["a red circle", "two shapes: a blue star and a red square"]
+    used = sorted({int(t) for row in enc.tokenizer(texts) for t in row.tolist()})  # type: ignore[attr-defined]
+    path = tmp_path / "tiny.safetensors"
+    save_compact_clip(
+        enc.model,
+        path,
+        arch="vistrieve-tiny-test",
+        used_token_ids=used,  # type: ignore[attr-defined]
+        meta={"note": "test"},
+    )
+    model, preprocess, tokenizer, sidecar = load_compact_clip(path)
+    assert sidecar == {"arch": "vistrieve-tiny-test", "note": "test"}
+    from vistrieve.encoders.open_clip import OpenClipEncoder
+
+    again = OpenClipEncoder(model, preprocess, tokenizer, name="again")
+    # float16 storage: equal to about 1e-3; only the kept token rows survive.
+    np.testing.assert_allclose(again.encode_text(texts), enc.encode_text(texts), atol=5e-3)
+    rows = model.token_embedding.weight.detach()
+    unused = [i for i in range(rows.shape[0]) if i not in set(used)][:50]
+    assert float(rows[unused].abs().max()) == 0.0
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_compact_clip(path)
+
+
+def test_embedded_model_ships_and_separates_captions() -> None:
+    enc = create_encoder("shapes-clip", progress=False)
+    assert enc.dim == 128 and enc.name == "shapes-clip"
+    from vistrieve.data.shapes import ShapesWorld
+
+    corpus = ShapesWorld(seed=0, n_train=0, n_val=0, n_test=40, n_composed=0).corpus("test")
+    items = list(corpus.values())
+    img = enc.encode_image([it.image for it in items])
+    txt = enc.encode_text([it.captions[0] for it in items])
+    # A trained model: each caption's own image is among its top 5 far more often than
+    # chance (5 / 40).
+    top5 = np.argsort(-(txt @ img.T), axis=1)[:, :5]
+    hits = np.mean([i in row for i, row in enumerate(top5)])
+    assert hits > 0.6
+
+
+def test_demo_runs_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--n-test", "60"]) == 0
+    out = capsys.readouterr().out
+    for section in ("text -> image", "image -> image", "composed", "R@1", "R@10"):
+        assert section in out
