@@ -596,8 +596,8 @@ class ExactIndex(BaseIndex):
         metric: Metric = "ip",
         dtype: Literal["float32", "float16"] = "float32",
         model: str | None = None,
-        query_block: int = 256,
-        db_block: int = 262144,
+        query_block: int = 1024,
+        db_block: int = 65536,
     ) -> None:
         super().__init__(dim, metric=metric, model=model)
         if dtype not in ("float32", "float16"):
@@ -712,16 +712,19 @@ class ExactIndex(BaseIndex):
                 block = self._buf[ds:de]
                 if conv is not None:
                     block = conv[: de - ds].copy_(block)
-                block_t = block.T
+                block_np_t = block.numpy().T
                 sq = self._sqbuf[ds:de] if l2 else None
                 for b, qs in enumerate(range(0, nq, qb)):
                     q = q_all[qs : qs + qb]
                     s = score_buf[: q.shape[0] * (de - ds)].view(q.shape[0], de - ds)
+                    # numpy's OpenBLAS sgemm is markedly faster than torch's MKL one on
+                    # AMD CPUs (about 140 vs 95 GFLOP/s on the 2-core development machine).
+                    s_np = s.numpy()
+                    np.matmul(q.numpy(), block_np_t, out=s_np)
                     if sq is not None:
                         # 2 q.x - |x|^2 ranks like -|q - x|^2; |q|^2 is added at the end.
-                        torch.addmm(sq, q, block_t, beta=-1.0, alpha=2.0, out=s)
-                    else:
-                        torch.mm(q, block_t, out=s)
+                        s_np *= 2.0
+                        s_np -= sq.numpy()
                     bs, bp = _block_topk(s, k)
                     bp += ds
                     prev = best[b]
