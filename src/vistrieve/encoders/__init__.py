@@ -61,6 +61,14 @@ def _shapes(**kw: Any) -> Encoder:
     return load_shapes_clip(**kw)
 
 
+@ENCODERS.register("lit")
+def _lit(heads: str, **kw: Any) -> Encoder:
+    """LiT baseline: frozen EfficientNet-Lite0 + MiniLM towers with trained heads."""
+    from vistrieve.encoders.lit import LitEncoder
+
+    return LitEncoder.from_pretrained(heads, **kw)
+
+
 _RUNTIME_KEYS = ("device", "batch_size", "num_workers", "progress")
 
 
