@@ -95,7 +95,12 @@ def load_effnet_lite0(weights: str | os.PathLike[str] | None = None) -> nn.Modul
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
     path = Path(weights) if weights is not None else effnet_weights_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(map_lukemelas_state_dict(state, model.state_dict()), strict=False)
+    result = model.load_state_dict(
+        map_lukemelas_state_dict(state, model.state_dict()), strict=False
+    )
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{path} does not fit tf_efficientnet_lite0: missing {missing[:5]}")
     model.reset_classifier(0)  # type: ignore[operator]
     return model.eval()
 
