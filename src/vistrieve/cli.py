@@ -181,6 +181,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             kw.update(model=model or "ViT-B-32", pretrained=pretrained or None)
         elif name == "hf":
             kw.update(name_or_path=rest)
+        elif name == "lit":
+            if not rest:
+                raise SystemExit("the lit encoder needs its heads: --encoder lit:DIR")
+            kw.update(heads=rest)
         elif rest:
             raise SystemExit(f"encoder {name!r} takes no ':' arguments (got {spec!r})")
         methods[spec] = DenseRetriever.build(create_encoder(name, **kw), corpus)
@@ -280,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoder",
         action="append",
-        help="method: NAME, open_clip:ARCH[:PRETRAINED] or hf:NAME_OR_PATH (repeatable)",
+        help="method: NAME, open_clip:ARCH[:TAG], hf:NAME_OR_PATH, lit:HEADS_DIR (repeatable)",
     )
     p.add_argument("--index-dir", action="append", help="method: a saved retriever (repeatable)")
     p.add_argument("--num-workers", type=int, default=None)
