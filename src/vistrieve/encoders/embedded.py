@@ -10,9 +10,11 @@ stored in float16 and loaded as float32. The recipe that produced the file is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,23 @@ def save_compact_clip(
     atomic_write_json(dest.with_suffix(".json"), sidecar)
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_random_init_warning() -> Iterator[None]:
+    # open_clip warns that it initialised the model randomly; the weights load right after.
+    root = logging.getLogger()
+    flt = _DropRandomInitWarning()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
 def load_compact_clip(
     path: str | os.PathLike[str],
 ) -> tuple[torch.nn.Module, Any, Any, dict[str, Any]]:
@@ -89,7 +108,10 @@ def load_compact_clip(
         tensors = load_file(str(src))
     except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read {src}: truncated or corrupt ({exc})") from exc
-    model, _, preprocess = open_clip.create_model_and_transforms(sidecar["arch"], pretrained=None)
+    with _no_random_init_warning():
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            sidecar["arch"], pretrained=None
+        )
     ids = tensors.pop("vistrieve.token_ids")
     rows = tensors.pop("vistrieve.token_rows")
     full = torch.zeros_like(model.state_dict()[_TOKEN_KEY])
