@@ -52,6 +52,8 @@ from vistrieve.types import (
 if TYPE_CHECKING:
     from vistrieve.data.shapes import ShapesWorld as ShapesWorld
     from vistrieve.encoders import create_encoder as create_encoder
+    from vistrieve.pipeline import RerankStage as RerankStage
+    from vistrieve.pipeline import RetrievalPipeline as RetrievalPipeline
     from vistrieve.retrievers.dense import DenseRetriever as DenseRetriever
     from vistrieve.retrievers.factory import create_index as create_index
     from vistrieve.retrievers.index import ExactIndex as ExactIndex
@@ -62,6 +64,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ShapesWorld": "vistrieve.data.shapes",
+    "RetrievalPipeline": "vistrieve.pipeline",
+    "RerankStage": "vistrieve.pipeline",
     "create_encoder": "vistrieve.encoders",
     "DenseRetriever": "vistrieve.retrievers.dense",
     "create_index": "vistrieve.retrievers.factory",
@@ -97,7 +101,9 @@ __all__ = [
     "Item",
     "Query",
     "QueryRewriter",
+    "RerankStage",
     "Reranker",
+    "RetrievalPipeline",
     "Retriever",
     "ShapesWorld",
     "__version__",
