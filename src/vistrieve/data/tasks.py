@@ -124,9 +124,7 @@ class PairedEmbeddings:
                 f"embeddings must be 2-D, got image {self.image.shape} and text {self.text.shape}"
             )
         if self.image.shape[1] != self.text.shape[1]:
-            raise ValueError(
-                f"image dim {self.image.shape[1]} != text dim {self.text.shape[1]}"
-            )
+            raise ValueError(f"image dim {self.image.shape[1]} != text dim {self.text.shape[1]}")
         if self.text_to_image.shape != (self.text.shape[0],):
             raise ValueError(
                 f"text_to_image must have shape ({self.text.shape[0]},), "
