@@ -66,7 +66,7 @@ class Blip2ItmReranker:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model: Any = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.corpus = corpus
