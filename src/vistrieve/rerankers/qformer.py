@@ -231,7 +231,8 @@ class QFormerReranker:
         """Re-score each query's candidates, best first (empty lists stay empty)."""
         if len(queries) != len(candidates):
             raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
-        texts, ids = [], []
+        texts: list[str] = []
+        ids: list[str] = []
         for q, cands in zip(queries, candidates, strict=True):
             if q.kind == "image":
                 raise ValueError("the Q-Former reranker needs query text; got an image-only query")
