@@ -292,7 +292,8 @@ def clip_patch_tokens(encoder: Any) -> Callable[[list[Any]], torch.Tensor]:
                 _, tokens = visual(pixels)
         finally:
             visual.output_tokens = old
-        return tokens.float()
+        # A copy made outside inference mode: inference tensors cannot take part in training.
+        return tokens.float().clone()
 
     return fn
 
@@ -305,10 +306,11 @@ def train_qformer(
     positives: Sequence[set[int]],
     negatives: Sequence[Sequence[int]],
     *,
-    steps: int = 1500,
+    steps: int = 1000,
     batch_size: int = 32,
     n_neg: int = 7,
-    lr: float = 5e-4,
+    n_hard: int | None = None,
+    lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
@@ -323,7 +325,10 @@ def train_qformer(
         negatives: For each caption, hard-negative image rows (best first).
         steps: Optimiser steps.
         batch_size: Captions per step.
-        n_neg: Negatives per caption (padded with random images when fewer were mined).
+        n_neg: Negatives per caption.
+        n_hard: How many of them are mined hard negatives (default half); the rest are
+            random images. All-hard batches leave a fresh model at the uniform-logit
+            saddle (loss ln(n_neg + 1)); random ones teach plain matching first.
         lr: AdamW learning rate.
         seed: Sampling seed.
         progress: Show a progress bar.
@@ -333,6 +338,7 @@ def train_qformer(
     """
     from tqdm.auto import tqdm
 
+    hard = n_neg // 2 if n_hard is None else min(n_hard, n_neg)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     text_ids = vocabulary.encode(list(texts), model.config.max_text_len)
@@ -347,7 +353,7 @@ def train_qformer(
         img_idx = []
         for r in rows:
             pos = sorted(positives[r])
-            negs = [n for n in negatives[r] if n not in positives[r]][:n_neg]
+            negs = [n for n in negatives[r] if n not in positives[r]][:hard]
             while len(negs) < n_neg:
                 cand = int(rng.integers(n_img))
                 if cand not in positives[r]:
@@ -372,7 +378,7 @@ def train_qformer(
 def train_shapes_qformer(
     out: str | os.PathLike[str] = "runs/qformer",
     *,
-    steps: int = 1500,
+    steps: int = 1000,
     n_train: int = 4000,
     seed: int = 0,
     k_mine: int = 16,
@@ -444,7 +450,7 @@ if __name__ == "__main__":
 
     p = argparse.ArgumentParser(description="Train the shapes-world Q-Former reranker.")
     p.add_argument("--out", default="runs/qformer")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     sys.stdout.write(
