@@ -113,92 +113,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- eval
-def _eval_data(args: argparse.Namespace) -> tuple[Any, list[Any]]:
-    """The corpus to index and the evaluators for ``vistrieve eval``."""
-    from vistrieve.evals.runner import ComposedEvaluator, DialogEvaluator, RetrievalEvaluator
-
-    if args.dataset == "shapes":
-        from vistrieve.data.shapes import ShapesConfig, ShapesWorld
-
-        size: dict[str, Any] = {}
-        if args.shapes_n is not None:
-            key = "n_test" if args.split == "heldout" else f"n_{args.split}"
-            n = args.shapes_n
-            size = {key: n, "n_composed": min(500, n // 2), "n_dialogs": min(200, n // 2)}
-        world = ShapesWorld(ShapesConfig(seed=args.seed, **size))
-        corpus = world.corpus(args.split)
-        evaluators: list[Any] = []
-        tasks = args.task or ["retrieval"]
-        if "retrieval" in tasks:
-            evaluators.append(RetrievalEvaluator(corpus, name=f"shapes-{args.split}"))
-        if "composed" in tasks:
-            evaluators.append(ComposedEvaluator(world.composed(args.split), name="cir"))
-        if "dialog" in tasks:
-            evaluators.append(DialogEvaluator(world.dialogs(args.split), name="chat"))
-        return corpus, evaluators
-    if args.dataset == "flickr8k":
-        from vistrieve.evals.datasets import load_flickr8k, split_by_image
-
-        if not args.data:
-            raise SystemExit("--dataset flickr8k needs --data DIR (folder with captions.txt)")
-        train, test = split_by_image(load_flickr8k(args.data), args.n_train, seed=args.seed)
-        corpus = test if args.split == "test" else train
-    elif args.dataset == "karpathy":
-        from vistrieve.evals.datasets import load_karpathy
-
-        if not args.data or not args.image_root:
-            raise SystemExit("--dataset karpathy needs --data dataset_*.json and --image-root")
-        corpus = load_karpathy(args.data, args.image_root, split=args.split)
-    elif args.dataset == "manifest":
-        from vistrieve.data.manifest import corpus_from_manifest
-
-        if not args.data:
-            raise SystemExit("--dataset manifest needs --data MANIFEST")
-        corpus = corpus_from_manifest(args.data, image_root=args.image_root).corpus
-    else:  # argparse restricts the choices
-        raise SystemExit(f"unknown dataset {args.dataset}")
-    return corpus, [RetrievalEvaluator(corpus, name=f"{args.dataset}-{args.split}")]
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from vistrieve.encoders import create_encoder
-    from vistrieve.evals.runner import evaluate
-    from vistrieve.retrievers.dense import DenseRetriever
-
-    corpus, evaluators = _eval_data(args)
-    methods: dict[str, Any] = {}
-    for spec in args.encoder or []:
-        name, _, rest = spec.partition(":")
-        kw: dict[str, Any] = (
-            {"num_workers": args.num_workers} if args.num_workers is not None else {}
-        )
-        if name == "open_clip":
-            if rest.startswith(("hf-hub:", "local-dir:")):
-                model, pretrained = rest, ""
-            else:
-                model, _, pretrained = rest.partition(":")
-            kw.update(model=model or "ViT-B-32", pretrained=pretrained or None)
-        elif name == "hf":
-            kw.update(name_or_path=rest)
-        elif name == "lit":
-            if not rest:
-                raise SystemExit("the lit encoder needs its heads: --encoder lit:DIR")
-            kw.update(heads=rest)
-        elif rest:
-            raise SystemExit(f"encoder {name!r} takes no ':' arguments (got {spec!r})")
-        methods[spec] = DenseRetriever.build(create_encoder(name, **kw), corpus)
-    for directory in args.index_dir or []:
-        methods[directory] = DenseRetriever.load(directory)
-    if not methods:
-        raise SystemExit("give at least one --encoder SPEC or --index-dir DIR to evaluate")
-    report = evaluate(methods, evaluators, title=f"{args.dataset} {args.split}")
-    files = report.save(args.out)
-    _out(report.to_markdown())
-    _out("wrote " + ", ".join(str(f) for f in files))
-    return 0
-
-
 # ----------------------------------------------------------------------------- train
 def cmd_train_shapes_clip(args: argparse.Namespace) -> int:
     from vistrieve.training.shapes_clip import train_shapes_clip
@@ -265,31 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("eval", help="evaluate retrievers side by side and write a report")
-    p.add_argument(
-        "--dataset", choices=["shapes", "flickr8k", "karpathy", "manifest"], default="shapes"
-    )
-    p.add_argument("--split", default="test")
-    p.add_argument(
-        "--task",
-        action="append",
-        choices=["retrieval", "composed", "dialog"],
-        help="shapes tasks (repeatable; default retrieval)",
-    )
-    p.add_argument("--data", help="dataset file or folder (flickr8k dir, Karpathy JSON, manifest)")
-    p.add_argument("--image-root", help="image folder for Karpathy JSON / manifests")
-    p.add_argument("--n-train", type=int, default=800, help="flickr8k: training images")
-    p.add_argument("--shapes-n", type=int, help="shapes: base images in the split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--encoder",
-        action="append",
-        help="method: NAME, open_clip:ARCH[:TAG], hf:NAME_OR_PATH, lit:HEADS_DIR (repeatable)",
-    )
-    p.add_argument("--index-dir", action="append", help="method: a saved retriever (repeatable)")
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--out", default="runs/eval", help="report directory")
-    p.set_defaults(func=cmd_eval)
+    from vistrieve.evals.cli import add_eval_parser
+
+    add_eval_parser(sub)
 
     p = sub.add_parser("train", help="training recipes")
     tsub = p.add_subparsers(dest="recipe", required=True)
