@@ -194,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=int, default=5, help="validate every N epochs (0: never)")
     t.add_argument("--install", action="store_true", help="copy the weights into the package")
     t.set_defaults(func=cmd_train_shapes_clip)
+
+    from vistrieve.hashing.train import add_arguments as add_hash_arguments
+    from vistrieve.hashing.train import run_cli as run_hash_cli
+
+    t = tsub.add_parser(
+        "hash",
+        help="train a CMSEH hash model on precomputed features and evaluate it",
+        description="Train a CMSEH hash model on precomputed features and evaluate it.",
+    )
+    add_hash_arguments(t)
+    t.set_defaults(func=run_hash_cli)
     return parser
 
 
