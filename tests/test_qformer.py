@@ -93,3 +93,111 @@ def test_rerank_save_load_and_errors(tmp_path: Path) -> None:
         rr.rerank([Query(text="a"), Query(text="b")], cands)
     with pytest.raises(ValueError, match="divisible"):
         QFormerConfig(width=30, heads=4)
+
+
+def test_dense_residual_starts_at_the_dual_encoder_ranking(tmp_path: Path) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, dense_residual=True, dense_scale_init=5.0)
+    torch.manual_seed(2)
+    tokens = {f"i{k}": torch.randn(5, 6) for k in range(4)}
+    corpus = Corpus([Item(k, image=k) for k in tokens])
+    cos = {"i0": 0.1, "i1": 0.9, "i2": 0.5, "i3": -0.2}
+
+    def image_tokens(images):  # type: ignore[no-untyped-def]
+        return torch.stack([tokens[i] for i in images])
+
+    def dense(texts, ids):  # type: ignore[no-untyped-def]
+        return torch.tensor([cos[i] for i in ids])
+
+    vocab = TextVocabulary.build(_tokenize, ["a red circle"])
+    model = QFormerCrossEncoder(cfg)
+    with pytest.raises(ValueError, match="dense="):
+        QFormerReranker(model, vocab, image_tokens, corpus)
+    rr = QFormerReranker(model, vocab, image_tokens, corpus, dense=dense)
+    cands = [[Hit(k, 0.0) for k in tokens]]
+    out = rr.rerank([Query(text="a red circle")], cands)[0]
+    assert [h.id for h in out] == ["i1", "i2", "i0", "i3"]
+    assert out[0].score == pytest.approx(5.0 * 0.9)
+    with pytest.raises(ValueError, match="dense"):
+        model(torch.randn(1, 5, 6), torch.ones(1, 3, dtype=torch.long))
+    # Training moves away from the anchor only where it lowers the loss.
+    n = 8
+    texts = [f"{WORDS[1 + i % 3]} {WORDS[3 + i // 3 % 3]}" for i in range(n)]
+    emb_t, emb_i = torch.nn.functional.normalize(torch.randn(2, n, 4), dim=-1)
+    losses = train_qformer(
+        model,
+        TextVocabulary.build(_tokenize, texts),
+        torch.randn(n, 5, 6),
+        texts,
+        [{i} for i in range(n)],
+        [[(i + 1) % n] for i in range(n)],
+        steps=60,
+        batch_size=4,
+        n_neg=2,
+        lr=3e-3,
+        progress=False,
+        dense=(emb_t, emb_i),
+    )
+    assert sum(losses[-10:]) < sum(losses[:10])
+    rr.save(tmp_path)
+    loaded, _, _ = QFormerReranker.load_model(tmp_path)
+    assert loaded.config.dense_residual
+    assert float(loaded.log_dense_scale.detach()) == pytest.approx(
+        float(model.log_dense_scale.detach())
+    )
+
+
+def test_install_embedded_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vistrieve.encoders.embedded as embedded
+    from vistrieve.rerankers.qformer import EMBEDDED, install_embedded_qformer
+
+    monkeypatch.setattr(embedded, "WEIGHTS_DIR", tmp_path / "weights")
+    torch.manual_seed(3)
+    vocab = TextVocabulary.build(_tokenize, ["a red circle"])
+    rr = QFormerReranker(QFormerCrossEncoder(CFG), vocab, lambda ims: ims, Corpus())
+    rr.save(tmp_path / "trained")
+    installed = install_embedded_qformer(tmp_path / "trained")
+    assert installed.parent == tmp_path / "weights"
+    model, token_ids, _ = QFormerReranker.load_model(EMBEDDED)
+    assert token_ids == vocab.token_ids
+    img, txt = torch.randn(2, 5, 6), vocab.encode(["a red circle"] * 2, 8)
+    # float16 storage: scores agree to half precision.
+    torch.testing.assert_close(model(img, txt), rr.model(img, txt), atol=2e-2, rtol=2e-2)
+    with pytest.raises(FileNotFoundError, match="saved Q-Former"):
+        QFormerReranker.load_model(tmp_path / "nowhere")
+
+
+def test_train_qformer_reranker_end_to_end(tmp_path: Path) -> None:
+    from vistrieve.data.shapes import ShapesWorld
+    from vistrieve.encoders import create_encoder
+    from vistrieve.rerankers.qformer import clip_patch_tokens, train_qformer_reranker
+
+    encoder = create_encoder("clip-tiny-test", progress=False)
+    corpus = ShapesWorld(seed=0, n_train=12, n_val=0, n_test=0, swap_fraction=0.0).corpus("train")
+    seen: list[tuple[str, str, list[str]]] = []
+
+    def positives_of(caption: str, owner: str, mined: list[str]) -> set[str]:
+        seen.append((caption, owner, mined))
+        return {mined[-1]} if mined[-1] != owner else set()
+
+    record = train_qformer_reranker(
+        encoder,
+        corpus,
+        clip_patch_tokens(encoder),
+        encoder.tokenizer,  # type: ignore[attr-defined]
+        tmp_path / "qf",
+        steps=3,
+        k_mine=4,
+        n_hard=2,
+        batch_size=4,
+        positives_of=positives_of,
+        progress=False,
+        command="test",
+    )
+    assert record["train_captions"] == len(seen) == sum(len(it.captions) for it in corpus.values())
+    assert all(len(m) == 4 for _, _, m in seen)
+    assert record["mined_true_matches_moved_to_positives"] > 0
+    assert (tmp_path / "qf" / "train_record.json").is_file()
+    model, _, _ = QFormerReranker.load_model(tmp_path / "qf")
+    assert model.config.dense_residual and model.config.image_dim == 32  # ViT width

@@ -172,3 +172,29 @@ def test_config_round_trip_and_unknown_split(world: ShapesWorld) -> None:
     assert ShapesConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown split 'heldout'"):
         world.corpus("heldout")
+
+
+def test_caption_signature_decides_which_scenes_a_caption_describes() -> None:
+    from vistrieve.data.shapes import Scene, ShapeObject, caption_signature
+
+    a = Scene((ShapeObject(0, "red", "circle", "small"), ShapeObject(2, "blue", "square", "large")))
+    moved = Scene(
+        (ShapeObject(1, "red", "circle", "small"), ShapeObject(2, "blue", "square", "large"))
+    )
+    swapped = Scene(
+        (ShapeObject(0, "blue", "circle", "small"), ShapeObject(2, "red", "square", "large"))
+    )
+    mirrored = Scene(
+        (ShapeObject(0, "blue", "square", "large"), ShapeObject(2, "red", "circle", "small"))
+    )
+    plain = "a red circle and a blue square"
+    assert caption_signature(a, plain) == caption_signature(moved, plain)
+    assert caption_signature(a, plain) == caption_signature(mirrored, plain)
+    assert caption_signature(a, plain) != caption_signature(swapped, plain)  # binding
+    rel = "a red circle to the left of a blue square"
+    assert caption_signature(a, rel) == caption_signature(moved, rel)
+    assert caption_signature(a, rel) != caption_signature(mirrored, rel)
+    placed = "a small red circle on the left and a large blue square on the right"
+    assert caption_signature(a, placed) != caption_signature(moved, placed)
+    sized = "a picture of a small red circle and a large blue square"
+    assert caption_signature(a, sized) == caption_signature(moved, sized)

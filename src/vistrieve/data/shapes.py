@@ -234,6 +234,34 @@ def captions_for(scene: Scene, rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(out)
 
 
+def caption_signature(scene: Scene, caption: str) -> tuple[Any, ...]:
+    """What ``caption`` pins down about ``scene``, for deciding which scenes it describes.
+
+    Two scenes are both described by a caption (as far as this grammar's captions go) when
+    their signatures under that caption are equal: the multiset of colour-shape pairs;
+    plus sizes when the caption names sizes; in left-to-right order when it relates objects
+    ("to the left of"); with their slots when it places them ("on the left", "in the
+    middle"). An approximation that errs towards "different" (a relational caption that
+    also places one object compares every slot). Used to keep true matches out of the hard
+    negatives a reranker is trained on.
+    """
+    text = f" {caption} "
+    sized = " small " in text or " large " in text
+    placed = any(p in text for p in ("on the left", "on the right", "in the middle"))
+    related = "to the left of" in text or "to the right of" in text
+
+    def attrs(o: ShapeObject) -> tuple[Any, ...]:
+        base: tuple[Any, ...] = (o.colour, o.shape)
+        if sized:
+            base += (o.size,)
+        if placed:
+            base += (o.slot,)
+        return base
+
+    parts = [attrs(o) for o in scene.objects]  # objects are in slot order
+    return tuple(parts) if (related or placed) else tuple(sorted(parts))
+
+
 # --------------------------------------------------------------------------- rendering
 def _polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     if kind == "square":
@@ -689,6 +717,7 @@ def answer_question(scene: Scene, question: str) -> str:
 
 
 __all__ = [
+    "caption_signature",
     "COLOURS",
     "LABELS",
     "POSITIONS",

@@ -10,6 +10,13 @@ pooled vector cannot ("a red circle and a blue square" vs "a blue circle and a r
 Training uses hard negatives mined from the first stage: for each caption, the top-ranked
 images that are not a correct match, scored together with the positive under a listwise
 softmax loss. Patch tokens of the frozen image tower are computed once and cached.
+
+With ``dense_residual=True`` (the shapes recipe) the model's logit is
+``cross(text, image) + s * cos(dual-encoder text, dual-encoder image)`` with a learnable
+scale ``s`` and a zero-initialised ITM head: a fresh model ranks exactly as the dual encoder
+does, and training spends its capacity on the pairs the dual encoder gets wrong instead of
+re-learning plain matching (a fresh cross-encoder trained on hard negatives alone sits at
+the uniform-logit saddle).
 """
 
 from __future__ import annotations
@@ -34,6 +41,37 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "qformer.safetensors"
 CONFIG_FILE = "qformer_config.json"
+EMBEDDED = Path("embedded")
+"""Pass as the directory to load the Q-Former that ships in the package (shapes world)."""
+EMBEDDED_NAME = "shapes-qformer"
+
+
+def _embedded_files() -> tuple[Path, Path]:
+    from vistrieve.encoders.embedded import WEIGHTS_DIR
+
+    return WEIGHTS_DIR / f"{EMBEDDED_NAME}.safetensors", WEIGHTS_DIR / f"{EMBEDDED_NAME}.json"
+
+
+def install_embedded_qformer(directory: str | os.PathLike[str]) -> Path:
+    """Copy a trained shapes Q-Former into the package (float16 weights + JSON sidecar).
+
+    Returns the installed weights file.
+    """
+    from safetensors.torch import load_file, save_file
+
+    root = Path(directory)
+    weights, config = _embedded_files()
+    tensors = {
+        k: (v.half() if v.is_floating_point() else v).contiguous()
+        for k, v in load_file(str(root / WEIGHTS_FILE)).items()
+    }
+    atomic_write(weights, lambda p: save_file(tensors, str(p)))
+    meta = read_json(root / CONFIG_FILE)
+    record = root / "train_record.json"
+    if record.is_file():
+        meta["training"] = {k: v for k, v in read_json(record).items() if k != "losses"}
+    atomic_write_json(config, meta)
+    return weights
 
 
 @dataclass(frozen=True)
@@ -47,6 +85,8 @@ class QFormerConfig:
     max_text_len: int = 32
     image_dim: int = 128
     vocab_size: int = 512
+    dense_residual: bool = False
+    dense_scale_init: float = 20.0  # shapes-clip's logit scale
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -62,6 +102,8 @@ class QFormerConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dense_scale_init <= 0:
+            raise ValueError(f"dense_scale_init must be positive, got {self.dense_scale_init}")
 
 
 class _Layer(nn.Module):
@@ -101,10 +143,24 @@ class QFormerCrossEncoder(nn.Module):
         self.layers = nn.ModuleList([_Layer(c.width, c.heads) for _ in range(c.layers)])
         self.ln = nn.LayerNorm(c.width)
         self.itm_head = nn.Linear(c.width, 1)
+        if c.dense_residual:
+            # Zero head: the untrained model's ranking is the dual encoder's.
+            nn.init.zeros_(self.itm_head.weight)
+            nn.init.zeros_(self.itm_head.bias)
+            # Log-parametrised so that the optimiser can rescale it by large factors.
+            self.log_dense_scale = nn.Parameter(torch.tensor(float(np.log(c.dense_scale_init))))
 
-    def forward(self, image_tokens: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) for aligned pairs: image_tokens (B, P, image_dim), text_ids (B, T)."""
+    def forward(
+        self,
+        image_tokens: torch.Tensor,
+        text_ids: torch.Tensor,
+        dense: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B,) for aligned pairs: image_tokens (B, P, image_dim), text_ids (B, T);
+        ``dense`` (B,) is the dual encoder's cosine of each pair (``dense_residual`` models)."""
         c = self.config
+        if c.dense_residual and dense is None:
+            raise ValueError("this Q-Former adds the dual-encoder score: pass dense= cosines")
         b, t = text_ids.shape
         text = self.token_emb(text_ids) + self.pos_emb[:t]
         x = torch.cat([self.queries.expand(b, -1, -1), text], dim=1)
@@ -118,7 +174,11 @@ class QFormerCrossEncoder(nn.Module):
         image = self.image_proj(image_tokens)
         for layer in self.layers:
             x = layer(x, pad, image, c.num_queries)
-        return self.itm_head(self.ln(x[:, : c.num_queries]).mean(1)).squeeze(-1)
+        logit = self.itm_head(self.ln(x[:, : c.num_queries]).mean(1)).squeeze(-1)
+        if c.dense_residual:
+            assert dense is not None
+            logit = logit + self.log_dense_scale.exp() * dense.to(logit.dtype)
+        return logit
 
 
 class TextVocabulary:
@@ -169,6 +229,8 @@ class QFormerReranker:
         corpus: Items by id; candidate images come from here (their tokens are cached).
         name: Stage name in ``Hit.scores``.
         batch_size: Pairs per forward pass.
+        dense: ``(texts, image ids) -> cosines`` of the dual encoder the model was trained
+            with; required by ``dense_residual`` models (see :func:`clip_pair_similarity`).
     """
 
     def __init__(
@@ -180,7 +242,14 @@ class QFormerReranker:
         *,
         name: str = "qformer",
         batch_size: int = 256,
+        dense: Callable[[Sequence[str], Sequence[str]], torch.Tensor] | None = None,
     ) -> None:
+        if model.config.dense_residual and dense is None:
+            raise ValueError(
+                "this Q-Former was trained on top of a dual encoder's score: pass dense= "
+                "(e.g. clip_pair_similarity(encoder, corpus))"
+            )
+        self.dense = dense
         self.model = model.eval()
         self.vocabulary = vocabulary
         self.image_tokens = image_tokens
@@ -196,6 +265,17 @@ class QFormerReranker:
             "pairs_evaluated": float(self.pairs_evaluated),
             "images_encoded": float(len(self._cache)),
         }
+
+    def warm(self, ids: Sequence[str] | None = None) -> int:
+        """Encode and cache the patch tokens of ``ids`` (default: the whole corpus) now, as
+        LAVIS precomputes image features at index time, so that queries pay for text and
+        cross-attention only. Returns how many images were encoded."""
+        todo = [
+            i for i in dict.fromkeys(self.corpus if ids is None else ids) if i not in self._cache
+        ]
+        if todo:
+            self._tokens_for(todo)
+        return len(todo)
 
     def _tokens_for(self, ids: Sequence[str]) -> torch.Tensor:
         missing = [i for i in dict.fromkeys(ids) if i not in self._cache]
@@ -218,7 +298,10 @@ class QFormerReranker:
                 t = self.vocabulary.encode(
                     list(texts[s : s + self.batch_size]), self.model.config.max_text_len
                 )
-                out.append(self.model(self._tokens_for(image_ids[s : s + self.batch_size]), t))
+                ids = image_ids[s : s + self.batch_size]
+                texts_chunk = texts[s : s + self.batch_size]
+                dense = self.dense(texts_chunk, ids) if self.dense is not None else None
+                out.append(self.model(self._tokens_for(ids), t, dense))
         self.pairs_evaluated += len(texts)
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -269,11 +352,19 @@ class QFormerReranker:
         from safetensors.torch import load_file
 
         root = Path(directory)
-        meta = read_json(root / CONFIG_FILE)
+        if root == EMBEDDED:
+            weights, config = _embedded_files()
+        else:
+            weights, config = root / WEIGHTS_FILE, root / CONFIG_FILE
+        if not config.is_file():
+            raise FileNotFoundError(f"missing {config}; is {directory} a saved Q-Former?")
+        meta = read_json(config)
         model = QFormerCrossEncoder(QFormerConfig(**meta["config"]))
-        if not (root / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"missing {root / WEIGHTS_FILE}")
-        model.load_state_dict(load_file(str(root / WEIGHTS_FILE)))
+        if not weights.is_file():
+            raise FileNotFoundError(f"missing {weights}")
+        # Weights may be stored in float16 (the embedded copy); compute runs in float32.
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        model.load_state_dict(state)
         return model.eval(), list(meta["token_ids"]), str(meta.get("name", "qformer"))
 
 
@@ -298,6 +389,39 @@ def clip_patch_tokens(encoder: Any) -> Callable[[list[Any]], torch.Tensor]:
     return fn
 
 
+def clip_pair_similarity(
+    encoder: Any, corpus: Mapping[str, Item], *, max_cached_texts: int = 100_000
+) -> Callable[[Sequence[str], Sequence[str]], torch.Tensor]:
+    """``(texts, image ids) -> cosines`` of a dual encoder, caching both sides' embeddings.
+
+    The dense anchor of a ``dense_residual`` Q-Former. Image embeddings are cached per id,
+    text embeddings per string (a query's text is encoded once for all its candidates).
+    """
+    from vistrieve.utils.images import load_image
+
+    images: dict[str, np.ndarray] = {}
+    texts: dict[str, np.ndarray] = {}
+
+    def fn(batch_texts: Sequence[str], ids: Sequence[str]) -> torch.Tensor:
+        new_ids = [i for i in dict.fromkeys(ids) if i not in images]
+        for i in new_ids:
+            if i not in corpus:
+                raise KeyError(f"candidate {i!r} is not in the reranker's corpus")
+        if new_ids:
+            emb = encoder.encode_image([load_image(corpus[i].image) for i in new_ids])
+            images.update(zip(new_ids, emb, strict=True))
+        new_texts = [t for t in dict.fromkeys(batch_texts) if t not in texts]
+        if new_texts:
+            if len(texts) + len(new_texts) > max_cached_texts:
+                texts.clear()
+            texts.update(zip(new_texts, encoder.encode_text(new_texts), strict=True))
+        a = np.stack([texts[t] for t in batch_texts])
+        b = np.stack([images[i] for i in ids])
+        return torch.from_numpy((a * b).sum(1).astype(np.float32))
+
+    return fn
+
+
 def train_qformer(
     model: QFormerCrossEncoder,
     vocabulary: TextVocabulary,
@@ -313,6 +437,7 @@ def train_qformer(
     lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
+    dense: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[float]:
     """Listwise training: each caption's positive against ``n_neg`` mined hard negatives.
 
@@ -332,6 +457,8 @@ def train_qformer(
         lr: AdamW learning rate.
         seed: Sampling seed.
         progress: Show a progress bar.
+        dense: ``(text_embeddings, image_embeddings)`` of the dual encoder (L2-normalised,
+            rows aligned with ``texts`` and ``image_tokens``), for ``dense_residual`` models.
 
     Returns:
         The loss of every step.
@@ -360,10 +487,13 @@ def train_qformer(
                     negs.append(cand)
             img_idx.append([pos[int(rng.integers(len(pos)))], *negs])
         idx = torch.tensor(img_idx)
-        logits = model(
-            image_tokens[idx.flatten()],
-            text_ids[torch.from_numpy(rows)].repeat_interleave(n_neg + 1, dim=0),
-        ).view(batch_size, n_neg + 1)
+        trows = torch.from_numpy(rows).repeat_interleave(n_neg + 1)
+        cos = None
+        if dense is not None:
+            cos = (dense[0][trows] * dense[1][idx.flatten()]).sum(-1)
+        logits = model(image_tokens[idx.flatten()], text_ids[trows], cos).view(
+            batch_size, n_neg + 1
+        )
         loss = F.cross_entropy(logits, torch.zeros(batch_size, dtype=torch.long))
         opt.zero_grad()
         loss.backward()
@@ -375,6 +505,154 @@ def train_qformer(
     return losses
 
 
+def timm_patch_tokens(encoder: Any) -> Callable[[list[Any]], torch.Tensor]:
+    """Patch tokens (N, H*W, C) of a frozen timm CNN image tower's last feature map.
+
+    For encoders with an ``image_tower`` exposing timm's ``forward_features`` (the LiT
+    baseline's EfficientNet-Lite0: 7 x 7 x 1280 at 224 px) and a ``preprocess`` transform.
+    """
+    from vistrieve.utils.images import load_image
+
+    tower = encoder.image_tower
+
+    def fn(images: list[Any]) -> torch.Tensor:
+        pixels = torch.stack([encoder.preprocess(load_image(im)) for im in images])
+        with torch.inference_mode():
+            fmap = tower.forward_features(pixels.to(next(tower.parameters()).device))
+        return fmap.flatten(2).transpose(1, 2).float().cpu().clone()
+
+    return fn
+
+
+def _logit_scale(encoder: Any) -> float:
+    """The dual encoder's trained softmax scale (open_clip ``model``, LiT ``heads``), else 20."""
+    for owner in (getattr(encoder, "model", None), getattr(encoder, "heads", None)):
+        scale = getattr(owner, "logit_scale", None)
+        if isinstance(scale, torch.Tensor):
+            return float(scale.detach().exp())
+    return 20.0
+
+
+def train_qformer_reranker(
+    encoder: Any,
+    corpus: Mapping[str, Item],
+    tokens_fn: Callable[[list[Any]], torch.Tensor],
+    tokenize: Callable[[list[str]], torch.Tensor],
+    out: str | os.PathLike[str],
+    *,
+    steps: int = 1000,
+    k_mine: int = 16,
+    n_hard: int | None = None,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    dense_residual: bool = True,
+    positives_of: Callable[[str, str, list[str]], set[str]] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    command: str = "",
+) -> dict[str, Any]:
+    """Mine hard negatives with ``encoder`` over ``corpus`` and train a Q-Former on them.
+
+    Args:
+        encoder: The first-stage dual encoder (mines negatives; its cosine is the dense
+            anchor of a ``dense_residual`` model).
+        corpus: Training items with images and captions.
+        tokens_fn: Images -> patch tokens of the frozen image tower.
+        tokenize: Texts -> base-tokenizer ids (0 = padding); a compact vocabulary is built.
+        out: Output directory (weights, config, vocabulary, ``train_record.json``).
+        steps, k_mine, n_hard, batch_size, lr, seed, progress: Training settings.
+        dense_residual: Add the dual encoder's scaled cosine to the logit.
+        positives_of: ``(caption, owner id, mined ids) -> extra positive ids`` among the
+            mined candidates (true matches that are not the caption's own image); by default
+            only the owner is a positive.
+        command: Recorded in ``train_record.json``.
+
+    Returns:
+        The training record (timings, first and final loss, parameter count).
+    """
+    from vistrieve.retrievers.dense import DenseRetriever
+
+    t0 = time.perf_counter()
+    items = [it for it in corpus.values() if it.image is not None and it.captions]
+    if not items:
+        raise ValueError("the training corpus has no items with both an image and captions")
+    image_tokens = torch.cat(
+        [tokens_fn([it.image for it in items[s : s + 256]]) for s in range(0, len(items), 256)]
+    )
+    row = {it.id: i for i, it in enumerate(items)}
+    texts = [c for it in items for c in it.captions]
+    owners = [it.id for it in items for _ in it.captions]
+    dense = DenseRetriever.build(encoder, {it.id: it for it in items}, index_captions=False)
+    hits: list[list[Hit]] = []
+    for s in range(0, len(texts), 512):
+        hits.extend(dense.retrieve([Query(text=t) for t in texts[s : s + 512]], k=k_mine))
+    positives: list[set[int]] = []
+    negatives: list[list[int]] = []
+    n_extra = 0
+    for t, o, hs in zip(texts, owners, hits, strict=True):
+        mined = [h.id for h in hs]
+        extra = positives_of(t, o, mined) if positives_of is not None else set()
+        n_extra += len(extra - {o})
+        pos = {row[o]} | {row[i] for i in extra}
+        positives.append(pos)
+        negatives.append([row[i] for i in mined if row[i] not in pos])
+    dense_emb = None
+    if dense_residual:
+        text_emb = torch.from_numpy(np.ascontiguousarray(encoder.encode_text(texts)))
+        image_emb = torch.from_numpy(
+            np.ascontiguousarray(encoder.encode_image([it.image for it in items]))
+        )
+        dense_emb = (text_emb.float(), image_emb.float())
+    t1 = time.perf_counter()
+    vocab = TextVocabulary.build(tokenize, texts)
+    model = QFormerCrossEncoder(
+        QFormerConfig(
+            image_dim=image_tokens.shape[-1],
+            vocab_size=len(vocab),
+            dense_residual=dense_residual,
+            dense_scale_init=_logit_scale(encoder),
+        )
+    )
+    losses = train_qformer(
+        model,
+        vocab,
+        image_tokens,
+        texts,
+        positives,
+        negatives,
+        steps=steps,
+        seed=seed,
+        n_hard=(7 if dense_residual else None) if n_hard is None else n_hard,
+        batch_size=batch_size,
+        lr=lr,
+        dense=dense_emb,
+        progress=progress,
+    )
+    t2 = time.perf_counter()
+    reranker = QFormerReranker(
+        model,
+        vocab,
+        tokens_fn,
+        corpus,
+        dense=clip_pair_similarity(encoder, corpus) if dense_residual else None,
+    )
+    reranker.save(out)
+    record = {
+        "command": command,
+        "train_images": len(items),
+        "train_captions": len(texts),
+        "mined_true_matches_moved_to_positives": n_extra,
+        "mine_seconds": t1 - t0,
+        "train_seconds": t2 - t1,
+        "first_loss": float(np.mean(losses[:20])),
+        "final_loss": float(np.mean(losses[-50:])),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "torch_threads": torch.get_num_threads(),
+    }
+    atomic_write_json(Path(out) / "train_record.json", {**record, "losses": losses})
+    return record
+
+
 def train_shapes_qformer(
     out: str | os.PathLike[str] = "runs/qformer",
     *,
@@ -382,62 +660,71 @@ def train_shapes_qformer(
     n_train: int = 4000,
     seed: int = 0,
     k_mine: int = 16,
+    n_hard: int | None = None,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    dense_residual: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Train the Q-Former reranker on the shapes world with negatives mined by shapes-clip."""
-    from vistrieve.data.shapes import Scene, ShapesWorld
-    from vistrieve.encoders import create_encoder
-    from vistrieve.retrievers.dense import DenseRetriever
+    """Train the Q-Former reranker on the shapes world with negatives mined by shapes-clip.
 
-    t0 = time.perf_counter()
-    world = ShapesWorld(seed=seed, n_train=n_train)
-    corpus = world.corpus("train")
+    Mined candidates that the caption also describes (see
+    :func:`~vistrieve.data.shapes.caption_signature`) count as positives, not negatives.
+    """
+    from vistrieve.data.shapes import Scene, ShapesWorld, caption_signature
+    from vistrieve.encoders import create_encoder
+
+    corpus = ShapesWorld(seed=seed, n_train=n_train).corpus("train")
     encoder = create_encoder("shapes-clip", progress=False)
-    tokens_fn = clip_patch_tokens(encoder)
-    items = list(corpus.values())
-    image_tokens = torch.cat(
-        [tokens_fn([it.image for it in items[s : s + 256]]) for s in range(0, len(items), 256)]
+    scenes = {i: Scene.from_dict(it.metadata["scene"]) for i, it in corpus.items()}
+
+    def positives_of(caption: str, owner: str, mined: list[str]) -> set[str]:
+        sig = caption_signature(scenes[owner], caption)
+        return {i for i in mined if caption_signature(scenes[i], caption) == sig}
+
+    command = (
+        f"python -m vistrieve.rerankers.qformer --out {out} --steps {steps} --seed {seed} "
+        f"--lr {lr} --batch-size {batch_size} --n-train {n_train}"
+        + ("" if dense_residual else " --no-dense-residual")
     )
-    texts, owners = corpus.caption_pairs()
-    row = {it.id: i for i, it in enumerate(items)}
-    by_key: dict[Any, set[int]] = {}
-    for i, it in enumerate(items):
-        by_key.setdefault(Scene.from_dict(it.metadata["scene"]).key(), set()).add(i)
-    positives = [by_key[Scene.from_dict(corpus[o].metadata["scene"]).key()] for o in owners]
-    dense = DenseRetriever.build(encoder, corpus, index_captions=False)
-    hits = []
-    for s in range(0, len(texts), 512):
-        hits.extend(dense.retrieve([Query(text=t) for t in texts[s : s + 512]], k=k_mine))
-    negatives = [[row[h.id] for h in hs] for hs in hits]
-    t1 = time.perf_counter()
-    vocab = TextVocabulary.build(encoder.tokenizer, texts)  # type: ignore[attr-defined]
-    model = QFormerCrossEncoder(
-        QFormerConfig(image_dim=image_tokens.shape[-1], vocab_size=len(vocab))
+    return train_qformer_reranker(
+        encoder,
+        corpus,
+        clip_patch_tokens(encoder),
+        encoder.tokenizer,  # type: ignore[attr-defined]
+        out,
+        steps=steps,
+        k_mine=k_mine,
+        n_hard=n_hard,
+        batch_size=batch_size,
+        lr=lr,
+        dense_residual=dense_residual,
+        positives_of=positives_of,
+        seed=seed,
+        progress=progress,
+        command=command,
     )
-    losses = train_qformer(
-        model, vocab, image_tokens, texts, positives, negatives, steps=steps, seed=seed
-    )
-    t2 = time.perf_counter()
-    reranker = QFormerReranker(model, vocab, tokens_fn, corpus)
-    reranker.save(out)
-    return {
-        "command": f"python -m vistrieve.rerankers.qformer --out {out} --steps {steps} "
-        f"--seed {seed}",
-        "mine_seconds": t1 - t0,
-        "train_seconds": t2 - t1,
-        "final_loss": float(np.mean(losses[-50:])),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
 
 
 def load_qformer_reranker(
     directory: str | os.PathLike[str], corpus: Mapping[str, Item], **kw: Any
 ) -> QFormerReranker:
-    """A saved shapes Q-Former reranker, with the embedded shapes-clip image tower."""
+    """A saved shapes Q-Former reranker, with the embedded shapes-clip image tower (and its
+    cosine as the dense anchor of a ``dense_residual`` model).
+
+    Args:
+        directory: A directory written by :meth:`QFormerReranker.save`, or :data:`EMBEDDED`
+            (``"embedded"``) for the copy that ships in the package.
+        corpus: Items by id (candidate images come from here).
+        **kw: :class:`QFormerReranker` options (``name``, ``batch_size``).
+    """
     from vistrieve.encoders import create_encoder
 
     model, token_ids, name = QFormerReranker.load_model(directory)
     encoder = create_encoder("shapes-clip", progress=False)
     vocab = TextVocabulary(encoder.tokenizer, token_ids)  # type: ignore[attr-defined]
+    if model.config.dense_residual:
+        kw.setdefault("dense", clip_pair_similarity(encoder, corpus))
     return QFormerReranker(
         model, vocab, clip_patch_tokens(encoder), corpus, name=kw.pop("name", name), **kw
     )
@@ -452,7 +739,26 @@ if __name__ == "__main__":
     p.add_argument("--out", default="runs/qformer")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
-    sys.stdout.write(
-        json.dumps(train_shapes_qformer(a.out, steps=a.steps, seed=a.seed), indent=2) + "\n"
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-train", type=int, default=4000)
+    p.add_argument("--no-dense-residual", action="store_true")
+    p.add_argument(
+        "--install-from",
+        metavar="DIR",
+        help="copy a trained Q-Former (DIR) into the package instead of training",
     )
+    a = p.parse_args()
+    if a.install_from:
+        sys.stdout.write(f"installed {install_embedded_qformer(a.install_from)}\n")
+        raise SystemExit(0)
+    result = train_shapes_qformer(
+        a.out,
+        steps=a.steps,
+        seed=a.seed,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        n_train=a.n_train,
+        dense_residual=not a.no_dense_residual,
+    )
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
