@@ -142,3 +142,12 @@ def test_bad_input() -> None:
     with pytest.raises(TypeError, match="wrap"):
         RetrievalPipeline(Fixed()).retrieve(Query(text="x"))  # type: ignore[arg-type]
     assert RetrievalPipeline(Fixed()).retrieve([]) == []
+
+
+def test_k_larger_than_the_corpus_reranks_everything_there_is() -> None:
+    rr = Reverse()
+    pipe = RetrievalPipeline(Fixed(), [RerankStage(rr, k=500)], k_retrieve=1000)
+    hits = pipe.retrieve([Query(text="x")], k=50)[0]
+    assert rr.sizes == [len(ITEMS)]  # all ten items, no padding, no error
+    assert [h.id for h in hits] == [f"i{n}" for n in range(10)]
+    assert [h.metadata["rank"] for h in hits] == list(range(10))
