@@ -205,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_hash_arguments(t)
     t.set_defaults(func=run_hash_cli)
+
+    from vistrieve.generative.shapes import add_arguments as add_grace_arguments
+    from vistrieve.generative.shapes import run_cli as run_grace_cli
+
+    t = tsub.add_parser(
+        "grace",
+        help="train a GRACE generative retriever on the shapes world and evaluate it",
+        description="Train a GRACE generative retriever on the shapes world and evaluate it.",
+    )
+    add_grace_arguments(t)
+    t.set_defaults(func=run_grace_cli)
     return parser
 
 
