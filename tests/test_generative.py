@@ -307,3 +307,59 @@ def test_grace_retriever_runs_through_the_evaluation_runner() -> None:
     assert report.methods["grace"].cost["grace.generations"] == 12.0
     assert any("R@K is defined only for K <= 10" in n for n in report.methods["grace"].notes)
     assert metrics["text_to_image_R@10"] >= metrics["text_to_image_R@1"] > 0.5
+
+
+def test_lora_trains_adapters_only_and_saves_merged(tmp_path: Path) -> None:
+    model = _model("t5")
+    total = sum(p.numel() for p in model.parameters())
+    trainable = model.apply_lora(r=4, alpha=8)
+    assert model.is_lora and 0 < trainable < total // 2
+    ids = build_identifiers("numeric", ITEMS)
+    base = {k: v.clone() for k, v in model.lm.state_dict().items() if "lora" not in k}
+    rec = train_grace(
+        model, ids, _features(), [],
+        GraceTrainConfig(memorise_steps=80, retrieve_steps=0, batch_size=12, lr=5e-3),
+        progress=False,
+    )  # fmt: skip
+    mem = rec["losses"]["memorise"]
+    assert np.mean(mem[-10:]) < np.mean(mem[:5]) and rec["trainable_parameters"] == trainable
+    after = {k: v for k, v in model.lm.state_dict().items() if "lora" not in k}
+    assert all(torch.equal(base[k], after[k]) for k in base)  # base weights frozen
+    feats = _features()
+    retriever = GraceRetriever(model, ids, num_beams=4, encoder=_FeatureEncoder(feats))
+    queries = [Query(image=_image(i)) for i in ITEMS[:4]]
+    hits = retriever.retrieve(queries, k=4)
+    retriever.save(tmp_path / "lora")
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    loaded = GraceRetriever.load(tmp_path / "lora", encoder=_FeatureEncoder(feats), num_beams=4)
+    again = loaded.retrieve(queries, k=4)
+    assert [[h.id for h in hs] for hs in again] == [[h.id for h in hs] for hs in hits]
+    assert np.allclose(
+        [h.score for hs in again for h in hs], [h.score for hs in hits for h in hs], atol=1e-4
+    )
+
+
+def test_lora_bad_target_modules_and_rank_are_errors() -> None:
+    with pytest.raises(ValueError, match="match no layer.*linear layers are"):
+        _model("t5").apply_lora(target_modules=["query_proj"])
+    with pytest.raises(ValueError, match="exceeds"):
+        _model("t5").apply_lora(r=64, target_modules=["q"])
+
+
+def test_vistrieve_train_grace_command(tmp_path: Path) -> None:
+    from vistrieve.cli import main
+
+    out = tmp_path / "grace"
+    code = main(
+        ["train", "grace", "--scheme", "structured", "--n-images", "24", "--memorise-steps",
+         "10", "--retrieve-steps", "10", "--batch-size", "8", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    import json
+
+    result = json.loads((out / "result.json").read_text())
+    assert result["images"] == 24 and result["num_beams"] == 10
+    assert 0.0 <= result["metrics"]["shapes-test_text_to_image_R@1"] <= 1.0
+    assert (out / "model" / "identifiers.json").is_file()
+    assert main(["train", "grace", "--scheme", "structured", "--beams", "0", "--n-images",
+                 "8", "--out", str(tmp_path / "bad")]) == 2  # fmt: skip

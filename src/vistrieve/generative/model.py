@@ -103,6 +103,60 @@ class GraceModel(nn.Module):
         # Decoder-only models need a marker between the source and the identifier.
         self.sep = nn.Parameter(torch.randn(hidden) * 0.02)
 
+    def apply_lora(
+        self,
+        *,
+        r: int = 8,
+        alpha: int = 16,
+        dropout: float = 0.0,
+        target_modules: Sequence[str] | None = None,
+    ) -> int:
+        """Wrap the LM with peft LoRA adapters (the image projection stays fully trainable).
+
+        ``target_modules=None`` uses peft's defaults for the model family (T5: ``q``, ``v``;
+        GPT-2: ``c_attn``). Returns the number of trainable parameters. Saving writes the
+        adapter in peft's format (``adapter/``) and the merged LM (``lm/``).
+
+        Raises:
+            ValueError: no module matches ``target_modules`` (the message lists the linear
+                layers there are), or ``r`` exceeds a targeted layer's smaller dimension.
+        """
+        from peft import LoraConfig, get_peft_model
+
+        linear = {
+            name.rsplit(".", 1)[-1]: mod
+            for name, mod in self.lm.named_modules()
+            if isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
+        }
+        if target_modules is not None:
+            missing = [t for t in target_modules if t not in linear]
+            if missing:
+                raise ValueError(
+                    f"target modules {missing} match no layer of {type(self.lm).__name__}; "
+                    f"its linear layers are {sorted(linear)}"
+                )
+            for t in target_modules:
+                w = getattr(linear[t], "weight", None)
+                if w is not None and r > min(w.shape):
+                    raise ValueError(
+                        f"LoRA rank {r} exceeds the {tuple(w.shape)} layer {t!r}; use r <= "
+                        f"{min(w.shape)}"
+                    )
+        cfg = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=list(target_modules) if target_modules is not None else None,
+            task_type="SEQ_2_SEQ_LM" if self.seq2seq else "CAUSAL_LM",
+        )
+        self.lm = get_peft_model(self.lm, cfg)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def is_lora(self) -> bool:
+        """Whether the LM carries peft adapters."""
+        return hasattr(self.lm, "peft_config")
+
     @property
     def eos(self) -> int:
         return int(self.tokenizer.eos_token_id)
@@ -293,10 +347,16 @@ class GraceModel(nn.Module):
     ) -> None:
         """LM and tokenizer (``save_pretrained``), projection head (safetensors), config and
         identifiers (JSON), written into a temporary directory and swapped in."""
+        import copy
+
         from safetensors.torch import save_file
 
         with atomic_directory(directory) as tmp:
-            self.lm.save_pretrained(tmp / "lm")
+            if self.is_lora:
+                self.lm.save_pretrained(tmp / "adapter")
+                copy.deepcopy(self.lm).merge_and_unload().save_pretrained(tmp / "lm")
+            else:
+                self.lm.save_pretrained(tmp / "lm")
             self.tokenizer.save_pretrained(tmp / "lm")
             head = {
                 k: v.detach().cpu().contiguous()

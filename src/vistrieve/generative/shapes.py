@@ -93,6 +93,10 @@ def train_shapes_grace(
     from vistrieve.encoders import create_encoder
     from vistrieve.evals.runner import RetrievalEvaluator, evaluate
 
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be positive, got {num_beams}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown identifier scheme {scheme!r}; choose one of {SCHEMES}")
     cfg = config or GraceTrainConfig(seed=seed)
     world = ShapesWorld(seed=seed)
     corpus = world.corpus(split)
