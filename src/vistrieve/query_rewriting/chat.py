@@ -1,0 +1,417 @@
+"""Chat-based image search: ChatIR dialogs, the EIIRwQR feedback loop and ``ChatSession``.
+
+* **ChatIR**: a dialog is a caption plus question/answer rounds; the round-``r`` query is
+  the caption and the first ``r`` rounds joined (``Query(text, dialog).as_text()``). A
+  questioner asks the next question (:class:`LLMQuestioner`, or any callable); an answerer
+  answers it (a human callback, a VQA model, or :class:`SceneAnswerer`, which reads the
+  shapes scene graph). :func:`run_dialogs` retrieves after every round and returns the
+  target ranks from which cumulative Hits@K per round follow.
+* **EIIRwQR**: :class:`FeedbackLoop` retrieves, shows the unseen top hits, takes relevance
+  feedback (a user callback or :func:`simulated_feedback` from ground truth), captions the
+  images marked relevant, and has an LLM denoise those captions and rewrite the query.
+* :class:`ChatSession` holds one conversation for an application: send a message, get hits
+  and the next question, mark hits relevant, save the state as JSON and restore it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vistrieve.evals.metrics import ABSENT_RANK
+from vistrieve.query_rewriting.llm import CachedLLM, ChatLLM
+from vistrieve.query_rewriting.prompts import (
+    FEEDBACK_REWRITE,
+    QUESTIONER,
+    PromptTemplate,
+    parse_field,
+    sanitize,
+)
+from vistrieve.types import DialogTurn, Hit, Query, Retriever
+
+logger = logging.getLogger(__name__)
+
+MAX_DIALOG_ROUNDS = 20
+"""Longest dialog a session or loop accepts (the query text grows with every round)."""
+
+FALLBACK_QUESTIONS = (
+    "how many objects are there?",
+    "what colour is the shape on the left?",
+    "what shape is in the middle?",
+    "what colour is the shape on the right?",
+    "how big is the shape on the left?",
+    "what shape is on the right?",
+)
+"""Asked in order when the questioner's answer cannot be parsed (and logged as such)."""
+
+
+def _format_dialog(turns: Sequence[DialogTurn]) -> str:
+    return "\n".join(f"Q: {t.question}\nA: {t.answer}" for t in turns) or "(none yet)"
+
+
+class LLMQuestioner:
+    """Asks the next question of a dialog with a chat model (ChatIR's questioner).
+
+    An answer without a usable ``Question:`` line, or one that repeats an asked question,
+    is logged and replaced by the first unasked question of ``fallback`` (counted in
+    ``cost()["question_fallbacks"]``).
+    """
+
+    def __init__(
+        self,
+        llm: ChatLLM,
+        *,
+        prompt: PromptTemplate = QUESTIONER,
+        fallback: Sequence[str] = FALLBACK_QUESTIONS,
+    ) -> None:
+        self.llm = llm if isinstance(llm, CachedLLM) else CachedLLM(llm)
+        self.prompt = prompt
+        self.fallback = tuple(fallback)
+        self.fallbacks = 0
+
+    def __call__(self, caption: str, turns: Sequence[DialogTurn]) -> str:
+        """The next question given the caption and the rounds so far."""
+        answer = self.llm.complete(
+            self.prompt.messages(caption=caption, dialog=_format_dialog(turns))
+        )
+        question = parse_field(answer, "Question")
+        if question and "question" not in answer.lower() and not question.endswith("?"):
+            question = None  # a bare line that is not a question: small models ramble
+        asked = {t.question.strip().lower() for t in turns}
+        if question and question.strip().lower() not in asked:
+            return question
+        self.fallbacks += 1
+        logger.warning("questioner answer unusable (%r); asking a fallback question", answer[:80])
+        for q in self.fallback:
+            if q.lower() not in asked:
+                return q
+        return self.fallback[len(turns) % len(self.fallback)] if self.fallback else "anything else?"
+
+    def cost(self) -> dict[str, float]:
+        """LLM cost and the number of fallback questions."""
+        return {**self.llm.cost(), "question_fallbacks": float(self.fallbacks)}
+
+
+class SceneAnswerer:
+    """Answers questions about a shapes-world image from its scene graph (simulated user)."""
+
+    def __init__(self, world: Any, image_id: str) -> None:
+        self.world = world
+        self.image_id = image_id
+
+    def __call__(self, question: str) -> str:
+        return str(self.world.answer(self.image_id, question))
+
+
+class VQAAnswerer:
+    """Answers questions about one image with a transformers VQA model (BLIP VQA, ...)."""
+
+    def __init__(self, model: Any, processor: Any, image: Any, *, max_new_tokens: int = 10):
+        self.model = model.eval()
+        self.processor = processor
+        self.image = image
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, question: str) -> str:
+        import torch
+
+        from vistrieve.utils.images import load_image
+
+        inputs = self.processor(
+            images=load_image(self.image).convert("RGB"), text=question, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
+        return str(self.processor.batch_decode(ids, skip_special_tokens=True)[0]).strip()
+
+
+def _rank_of(hits: Sequence[Hit], target: str) -> int:
+    for i, h in enumerate(hits):
+        if h.id == target:
+            return i
+    return ABSENT_RANK
+
+
+def run_dialogs(
+    retriever: Retriever,
+    captions: Sequence[str],
+    targets: Sequence[str],
+    answerers: Sequence[Callable[[str], str]],
+    questioner: Callable[[str, Sequence[DialogTurn]], str],
+    *,
+    rounds: int = 5,
+    k: int = 10,
+    progress: bool = True,
+) -> tuple[np.ndarray, list[list[DialogTurn]]]:
+    """Live ChatIR: for each target, ask ``rounds`` questions and retrieve after each round.
+
+    Returns the target's 0-based rank per round, ``(n, rounds + 1)`` with
+    :data:`~vistrieve.evals.metrics.ABSENT_RANK` outside the top ``k`` (feed it to
+    :func:`~vistrieve.evals.metrics.cumulative_hits_at_k`), and the dialogs.
+    """
+    from tqdm.auto import tqdm
+
+    if not 0 <= rounds <= MAX_DIALOG_ROUNDS:
+        raise ValueError(f"rounds must be in [0, {MAX_DIALOG_ROUNDS}], got {rounds}")
+    if not (len(captions) == len(targets) == len(answerers)):
+        raise ValueError("captions, targets and answerers must have the same length")
+    ranks = np.full((len(captions), rounds + 1), ABSENT_RANK, dtype=np.int64)
+    dialogs: list[list[DialogTurn]] = [[] for _ in captions]
+    for r in tqdm(range(rounds + 1), desc="dialog rounds", disable=not progress):
+        if r:
+            for i, cap in enumerate(captions):
+                q = questioner(cap, dialogs[i])
+                dialogs[i].append(DialogTurn(q, answerers[i](q)))
+        queries = [Query(text=c, dialog=tuple(d)) for c, d in zip(captions, dialogs, strict=True)]
+        hits = retriever.retrieve(queries, k=k)
+        for i, (hs, t) in enumerate(zip(hits, targets, strict=True)):
+            ranks[i, r] = _rank_of(hs, t)
+    return ranks, dialogs
+
+
+# ----------------------------------------------------------------------------- EIIRwQR
+def simulated_feedback(
+    target_labels: Sequence[str],
+    labels_of: Callable[[str], Sequence[str]],
+    *,
+    min_overlap: float = 0.5,
+) -> Callable[[Query, Sequence[Hit]], set[str]]:
+    """A simulated user who marks a hit relevant when it shares at least ``min_overlap`` of
+    the target's labels (Jaccard), the ground truth standing in for a person."""
+    want = set(target_labels)
+
+    def fn(query: Query, shown: Sequence[Hit]) -> set[str]:
+        out = set()
+        for h in shown:
+            have = set(labels_of(h.id))
+            union = want | have
+            if union and len(want & have) / len(union) >= min_overlap:
+                out.add(h.id)
+        return out
+
+    return fn
+
+
+@dataclass
+class FeedbackRound:
+    """One round of the feedback loop."""
+
+    query: str
+    shown: list[str]
+    relevant: list[str]
+    hits: list[str]
+
+
+class FeedbackLoop:
+    """EIIRwQR: retrieve -> show unseen top hits -> feedback -> captions -> LLM rewrite.
+
+    Args:
+        retriever: Text -> image retriever (a pipeline works).
+        captioner: Captions the images marked relevant.
+        llm: Denoises the captions and rewrites the query.
+        rounds: Feedback rounds after the first retrieval.
+        show: Unseen hits shown per round.
+        k: Hits retrieved per round.
+        prompt: Rewrite prompt (fields ``query`` and ``captions``).
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        captioner: Any,
+        llm: ChatLLM,
+        *,
+        rounds: int = 3,
+        show: int = 5,
+        k: int = 10,
+        prompt: PromptTemplate = FEEDBACK_REWRITE,
+    ) -> None:
+        if not 0 <= rounds <= MAX_DIALOG_ROUNDS:
+            raise ValueError(f"rounds must be in [0, {MAX_DIALOG_ROUNDS}], got {rounds}")
+        self.retriever = retriever
+        self.captioner = captioner
+        self.llm = llm if isinstance(llm, CachedLLM) else CachedLLM(llm)
+        self.rounds, self.show, self.k, self.prompt = rounds, show, k, prompt
+        self.parse_failures = 0
+
+    def rewrite(self, query: str, captions: Sequence[str]) -> str:
+        """The LLM's rewritten query (the old one when the answer is unusable)."""
+        listing = "\n".join(f"- {sanitize(c)}" for c in captions)
+        answer = self.llm.complete(self.prompt.messages(query=query, captions=listing))
+        new = parse_field(answer, "Query")
+        if not new:
+            self.parse_failures += 1
+            logger.warning("rewrite answer unusable (%r); keeping the query", answer[:80])
+            return query
+        return new
+
+    def run(
+        self,
+        query: str,
+        feedback: Callable[[Query, Sequence[Hit]], set[str]],
+        images: Mapping[str, Any],
+    ) -> list[FeedbackRound]:
+        """Run the loop for one query; ``images`` maps hit ids to images (for captions)."""
+        seen: set[str] = set()
+        text = query
+        log: list[FeedbackRound] = []
+        hits = self.retriever.retrieve([Query(text=text)], k=self.k)[0]
+        for _ in range(self.rounds):
+            shown = [h for h in hits if h.id not in seen][: self.show]
+            seen.update(h.id for h in shown)
+            relevant = sorted(feedback(Query(text=text), shown))
+            log.append(FeedbackRound(text, [h.id for h in shown], relevant, [h.id for h in hits]))
+            if relevant:
+                caps = self.captioner.caption([images[i] for i in relevant])
+                text = self.rewrite(query, caps)
+            hits = self.retriever.retrieve([Query(text=text)], k=self.k)[0]
+        log.append(FeedbackRound(text, [], [], [h.id for h in hits]))
+        return log
+
+    def cost(self) -> dict[str, float]:
+        """LLM cost and unusable rewrite answers."""
+        return {**self.llm.cost(), "parse_failures": float(self.parse_failures)}
+
+
+# ----------------------------------------------------------------------------- session
+@dataclass
+class SessionState:
+    """Everything a :class:`ChatSession` needs to continue: JSON-serialisable."""
+
+    caption: str = ""
+    turns: list[list[str]] = field(default_factory=list)
+    pending_question: str | None = None
+    relevant: list[str] = field(default_factory=list)
+    irrelevant: list[str] = field(default_factory=list)
+    shown: list[str] = field(default_factory=list)
+    rewritten: str | None = None
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SessionReply:
+    """What the application shows after a message: hits and the agent's next question."""
+
+    hits: list[Hit]
+    question: str | None
+    query: str
+
+
+class ChatSession:
+    """One chat-based image search conversation.
+
+    The first message is the description; after the agent asks a question, the next
+    message is its answer; otherwise a message adds to the description. Every message runs
+    rewrite -> retrieve (-> rerank, when ``retriever`` is a pipeline) and returns hits plus
+    the next question. Feedback on hits (:meth:`feedback`) is used on the next message: the
+    captions of relevant hits go to the LLM, which rewrites the query (EIIRwQR), and hits
+    marked irrelevant are not shown again.
+
+    Args:
+        retriever: Text -> image retriever or pipeline.
+        questioner: Asks the next question (``None``: never asks).
+        feedback_loop: Rewrites with feedback (``None``: feedback only filters hits).
+        images: Id -> image, for captions of relevant hits.
+        k: Hits returned per message.
+        state: A state to continue from (see :meth:`to_json`).
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        *,
+        questioner: Callable[[str, Sequence[DialogTurn]], str] | None = None,
+        feedback_loop: FeedbackLoop | None = None,
+        images: Mapping[str, Any] | None = None,
+        k: int = 10,
+        state: SessionState | None = None,
+    ) -> None:
+        if k < 1:
+            raise ValueError(f"k must be positive, got {k}")
+        self.retriever = retriever
+        self.questioner = questioner
+        self.feedback_loop = feedback_loop
+        self.images = images or {}
+        self.k = k
+        self.state = state or SessionState()
+
+    @property
+    def dialog(self) -> tuple[DialogTurn, ...]:
+        """The question/answer rounds so far."""
+        return tuple(DialogTurn(q, a) for q, a in self.state.turns)
+
+    def query_text(self) -> str:
+        """The text the next retrieval uses."""
+        if self.state.rewritten:
+            return self.state.rewritten
+        return Query(text=self.state.caption, dialog=self.dialog).as_text()
+
+    def send(self, message: str) -> SessionReply:
+        """Take a user message; returns hits and the next question.
+
+        Raises:
+            ValueError: an empty message, or the dialog is already at
+                :data:`MAX_DIALOG_ROUNDS` rounds.
+        """
+        text = sanitize(message, max_chars=500).strip()
+        if not text:
+            raise ValueError("empty message: describe the image you are looking for")
+        s = self.state
+        if not s.caption:
+            s.caption = text
+        elif s.pending_question is not None:
+            if len(s.turns) >= MAX_DIALOG_ROUNDS:
+                raise ValueError(
+                    f"the dialog has {MAX_DIALOG_ROUNDS} rounds already; start a new session"
+                )
+            s.turns.append([s.pending_question, text])
+            s.pending_question = None
+        else:
+            s.caption = f"{s.caption}, {text}"
+        if self.feedback_loop is not None and s.relevant:
+            caps = self.feedback_loop.captioner.caption(
+                [self.images[i] for i in s.relevant if i in self.images]
+            )
+            base = Query(text=s.caption, dialog=self.dialog).as_text()
+            s.rewritten = self.feedback_loop.rewrite(base, caps) if caps else None
+        else:
+            s.rewritten = None
+        query = self.query_text()
+        depth = self.k + len(s.irrelevant)
+        hits = [h for h in self.retriever.retrieve([Query(text=query)], k=depth)[0]]
+        hits = [h for h in hits if h.id not in set(s.irrelevant)][: self.k]
+        s.shown = [h.id for h in hits]
+        if self.questioner is not None and len(s.turns) < MAX_DIALOG_ROUNDS:
+            s.pending_question = self.questioner(s.caption, self.dialog)
+        s.log.append({"message": text, "query": query, "hits": s.shown,
+                      "question": s.pending_question})  # fmt: skip
+        return SessionReply(hits=hits, question=s.pending_question, query=query)
+
+    def feedback(self, hit_id: str, relevant: bool) -> None:
+        """Mark a shown hit relevant or not (used on the next message)."""
+        s = self.state
+        if hit_id not in s.shown and hit_id not in s.relevant + s.irrelevant:
+            raise KeyError(f"{hit_id!r} was not shown in this session")
+        for lst in (s.relevant, s.irrelevant):
+            if hit_id in lst:
+                lst.remove(hit_id)
+        (s.relevant if relevant else s.irrelevant).append(hit_id)
+
+    def to_json(self) -> str:
+        """The session state as JSON."""
+        return json.dumps(asdict(self.state))
+
+    @classmethod
+    def from_json(cls, data: str, retriever: Retriever, **kw: Any) -> ChatSession:
+        """A session continued from :meth:`to_json` output (pass the same components)."""
+        try:
+            raw = json.loads(data)
+            state = SessionState(**raw)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"not a chat session state: {exc}") from exc
+        return cls(retriever, state=state, **kw)
