@@ -361,5 +361,10 @@ def test_vistrieve_train_grace_command(tmp_path: Path) -> None:
     assert result["images"] == 24 and result["num_beams"] == 10
     assert 0.0 <= result["metrics"]["shapes-test_text_to_image_R@1"] <= 1.0
     assert (out / "model" / "identifiers.json").is_file()
+    code = main(["eval", "--dataset", "shapes", "--shapes-n", "16", "--grace", str(out / "model"),
+                 "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert any(name.startswith("grace:") for name in report["methods"])
     assert main(["train", "grace", "--scheme", "structured", "--beams", "0", "--n-images",
                  "8", "--out", str(tmp_path / "bad")]) == 2  # fmt: skip

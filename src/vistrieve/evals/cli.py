@@ -112,6 +112,10 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     m.add_argument("--model", help="architecture of a bare open_clip (or model of a bare hf)")
     m.add_argument("--pretrained", help="pretrained tag or checkpoint of a bare open_clip")
     m.add_argument("--index-dir", action="append", help="method: a saved retriever (repeatable)")
+    m.add_argument(
+        "--grace", action="append", help="method: a saved GRACE generative retriever (repeatable)"
+    )
+    m.add_argument("--grace-beams", type=int, default=10, help="beam width of --grace methods")
     m.add_argument("--index", default="exact", help="index built for --encoder methods")
     m.add_argument("--device", help="encoder device (default cpu)")
     m.add_argument("--batch-size", type=int, help="encoder batch size")
@@ -244,8 +248,8 @@ def _method_specs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], s
     specs = list(args.encoder or [])
     if (args.model or args.pretrained) and not any(s in ("open_clip", "hf") for s in specs):
         raise SystemExit("--model/--pretrained apply to a bare --encoder open_clip or hf")
-    if not specs and not args.index_dir:
-        raise SystemExit("give at least one method: --encoder SPEC or --index-dir DIR")
+    if not specs and not args.index_dir and not args.grace:
+        raise SystemExit("give at least one method: --encoder SPEC, --index-dir DIR or --grace DIR")
     return [_encoder_args(spec, args) for spec in specs]
 
 
@@ -273,6 +277,18 @@ def _methods(
         label = _unique(str(directory), methods)
         methods[label] = retriever
         notes[label] = _index_notes(retriever, corpus, directory)
+    for directory in args.grace or []:
+        from vistrieve.generative import GraceRetriever
+
+        grace = GraceRetriever.load(directory, num_beams=args.grace_beams)
+        label = _unique(f"grace:{directory}", methods)
+        methods[label] = grace
+        unknown = [i for i in corpus if i not in grace.identifiers]
+        notes[label] = (
+            [f"{len(unknown)} evaluation images have no identifier (they count as misses)"]
+            if unknown
+            else []
+        )
     return methods, notes
 
 
@@ -330,7 +346,7 @@ def _embeddings(args: argparse.Namespace) -> Any:
 
     if not args.data:
         raise SystemExit("--dataset embeddings needs --data DIR (image and text .npy files)")
-    if args.encoder or args.index_dir:
+    if args.encoder or args.index_dir or args.grace:
         raise SystemExit("--dataset embeddings scores the stored embeddings; drop --encoder")
     emb = load_paired_embeddings(
         args.data, text_to_image=args.text_to_image, normalize=args.normalize
