@@ -200,3 +200,49 @@ def test_prefix_captioner_learns_to_caption_features() -> None:
     assert out == ["a red circle", "a blue square", "a green triangle"]
     with pytest.raises(ValueError, match="at least one caption"):
         train_captioner(model, feats, [["x"], [], ["y"]], steps=1, progress=False)
+
+
+def test_cirevl_unreadable_reference_is_logged_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    fake = FakeListChatModel(responses=["Edited Description: a blue circle"])
+    rw = CIReVLRewriter(_Captioner(), LangChainLLM(fake))
+    with caplog.at_level(logging.WARNING):
+        out = rw.rewrite(
+            [Query(image=str(bad), text="make it blue"), Query(image=_img(5), text="x")]
+        )
+    assert out[0][0].text == "make it blue" and "reference_error" in out[0][0].metadata
+    assert out[1][0].text == "a blue circle"
+    assert rw.cost()["unreadable_references"] == 1 and "cannot be read" in caplog.text
+
+
+def test_hf_captioner_with_a_tiny_random_blip(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from vistrieve.query_rewriting.captioner import HFCaptioner
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "picture", "of"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    size = {"height": 32, "width": 32}
+    processor = transformers.BlipProcessor(
+        image_processor=transformers.BlipImageProcessor(size=size), tokenizer=tok
+    )
+    cfg = transformers.BlipConfig(
+        text_config={"vocab_size": len(words), "hidden_size": 16, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "intermediate_size": 32,
+                     "bos_token_id": 2, "sep_token_id": 3, "pad_token_id": 0},
+        vision_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "intermediate_size": 32, "image_size": 32, "patch_size": 16},
+    )  # fmt: skip
+    model = transformers.BlipForConditionalGeneration(cfg)
+    model.save_pretrained(tmp_path / "blip")
+    processor.save_pretrained(tmp_path / "blip")
+    cap = HFCaptioner.from_pretrained(tmp_path / "blip", max_new_tokens=4)
+    out = cap.caption([_img(1), _img(2), _img(3)])
+    assert len(out) == 3 and all(isinstance(c, str) for c in out)
+    assert all(len(c.split()) <= 4 for c in out)
+    assert cap.name == str(tmp_path / "blip")
+    conditional = HFCaptioner(model, processor, prompt="a picture of", max_new_tokens=3)
+    assert len(conditional.caption([_img(1)])) == 1

@@ -92,7 +92,9 @@ class CIReVLRewriter:
 
     An answer without the "Edited Description:" field, or an empty one, is logged and
     counted (``cost()["parse_failures"]``); the query then falls back to
-    ``"<caption>, <modification>"`` (the caption-plus-text baseline), never to nothing.
+    ``"<caption>, <modification>"`` (the caption-plus-text baseline), never to nothing. A
+    reference image that cannot be read is logged and counted
+    (``cost()["unreadable_references"]``); that query searches with its modification text.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class CIReVLRewriter:
         self.llm = llm if isinstance(llm, CachedLLM) else CachedLLM(llm, cache)
         self.prompt = prompt
         self.parse_failures = 0
+        self.unreadable = 0
         self.log: list[dict[str, str]] = []
 
     def recompose(self, captions: Sequence[str], modifications: Sequence[str]) -> list[str]:
@@ -135,8 +138,28 @@ class CIReVLRewriter:
 
     def rewrite(self, queries: Sequence[Query]) -> list[list[Query]]:
         """One text query per composed query (:class:`~vistrieve.types.QueryRewriter`)."""
-        composed = [i for i, q in enumerate(queries) if q.kind == "composed"]
+        from vistrieve.utils.images import ImageLoadError, describe_image, load_image
+
         out = [[q] for q in queries]
+        composed = []
+        for i, q in enumerate(queries):
+            if q.kind != "composed":
+                continue
+            try:
+                load_image(q.image)
+            except (ImageLoadError, TypeError) as exc:
+                # An unreadable reference leaves the modification text: still a search.
+                self.unreadable += 1
+                logger.warning(
+                    "reference image %s cannot be read (%s); searching with the "
+                    "modification text alone",
+                    describe_image(q.image),
+                    exc,
+                )
+                out[i] = [Query(text=str(q.text), id=q.id, metadata={**q.metadata,
+                                                                      "reference_error": str(exc)})]  # fmt: skip
+                continue
+            composed.append(i)
         if not composed:
             return out
         captions = self.captioner.caption([queries[i].image for i in composed])
@@ -158,6 +181,7 @@ class CIReVLRewriter:
             **self.llm.cost(),
             **self.captioner.cost(),
             "parse_failures": float(self.parse_failures),
+            "unreadable_references": float(self.unreadable),
         }
 
     def report_notes(self) -> list[str]:
