@@ -156,8 +156,8 @@ class CIReVLRewriter:
                     describe_image(q.image),
                     exc,
                 )
-                out[i] = [Query(text=str(q.text), id=q.id, metadata={**q.metadata,
-                                                                      "reference_error": str(exc)})]  # fmt: skip
+                meta = {**q.metadata, "reference_error": str(exc)}
+                out[i] = [Query(text=str(q.text), id=q.id, metadata=meta)]
                 continue
             composed.append(i)
         if not composed:
