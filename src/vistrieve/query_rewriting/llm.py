@@ -35,8 +35,11 @@ Message = Mapping[str, str]
 class ChatLLM(Protocol):
     """A chat model that turns messages into one answer."""
 
-    name: str
-    decoding: Mapping[str, Any]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def decoding(self) -> Mapping[str, Any]: ...
 
     def complete(self, messages: Sequence[Message]) -> str: ...
 
