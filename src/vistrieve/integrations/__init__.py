@@ -1,0 +1,3 @@
+"""Adapters to other frameworks (LangChain)."""
+
+from __future__ import annotations
