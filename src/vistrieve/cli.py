@@ -130,6 +130,15 @@ def cmd_train_shapes_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vistrieve.service.app import serve
+
+    if not Path(args.index_dir).is_dir():
+        raise FileNotFoundError(f"index directory not found: {args.index_dir}")
+    serve(args.index_dir, host=args.host, port=args.port, llm=args.llm)
+    return 0
+
+
 def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encoder",
@@ -178,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=1000, help="test-split images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve a saved index over HTTP with the chat web page")
+    p.add_argument("index_dir", help="a directory written by `vistrieve index`")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--llm", choices=["smollm2"], help="LLM questioner (default: generic questions)")
+    p.set_defaults(func=cmd_serve)
 
     from vistrieve.evals.cli import add_eval_parser
 

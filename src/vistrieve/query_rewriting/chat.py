@@ -325,7 +325,7 @@ class ChatSession:
         self,
         retriever: Retriever,
         *,
-        questioner: Callable[[str, Sequence[DialogTurn]], str] | None = None,
+        questioner: Callable[[str, Sequence[DialogTurn]], str | None] | None = None,
         feedback_loop: FeedbackLoop | None = None,
         images: Mapping[str, Any] | None = None,
         k: int = 10,
