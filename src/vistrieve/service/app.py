@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -133,14 +133,18 @@ def create_app(
         return {"hits": _search(Query(text=body.text), body.k)}
 
     @app.post("/search/image")
-    async def search_image(image: UploadFile = File(...), k: int = Form(10)) -> dict[str, Any]:
+    async def search_image(
+        image: Annotated[UploadFile, File()], k: Annotated[int, Form()] = 10
+    ) -> dict[str, Any]:
         """Image -> image search (multipart upload)."""
         q = Query(image=await _image(image))
         return {"hits": _search(q, _check_k(k))}
 
     @app.post("/search/composed")
     async def search_composed(
-        image: UploadFile = File(...), text: str = Form(..., min_length=1), k: int = Form(10)
+        image: Annotated[UploadFile, File()],
+        text: Annotated[str, Form(min_length=1)],
+        k: Annotated[int, Form()] = 10,
     ) -> dict[str, Any]:
         """Composed search: reference image + modification text."""
         q = Query(image=await _image(image), text=text)
@@ -194,9 +198,9 @@ def create_app(
     # ------------------------------------------------------------------ index
     @app.post("/index/items", status_code=201)
     async def add_item(
-        id: str = Form(..., min_length=1, max_length=200),
-        image: UploadFile = File(...),
-        caption: str | None = Form(None),
+        id: Annotated[str, Form(min_length=1, max_length=200)],
+        image: Annotated[UploadFile, File()],
+        caption: Annotated[str | None, Form()] = None,
     ) -> dict[str, Any]:
         """Add an image (with an optional caption) to the index."""
         im = await _image(image)
