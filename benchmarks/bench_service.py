@@ -52,7 +52,7 @@ def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = mp.get_context("spawn").Process(target=_serve, args=(port, args.n_test), daemon=True)
+    proc = mp.get_context("spawn").Process(target=_serve, args=(port, args.n_test))
     proc.start()
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
