@@ -118,3 +118,9 @@ def test_index_add_and_delete(client: Any) -> None:
 def test_web_page_is_served(client: Any) -> None:
     r = client.get("/")
     assert r.status_code == 200 and 'id="message"' in r.text and "/sessions" in r.text
+
+
+def test_serve_command_rejects_a_missing_index(tmp_path: Any) -> None:
+    from vistrieve.cli import main
+
+    assert main(["serve", str(tmp_path / "missing")]) == 2
