@@ -201,3 +201,51 @@ def test_train_qformer_reranker_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "qf" / "train_record.json").is_file()
     model, _, _ = QFormerReranker.load_model(tmp_path / "qf")
     assert model.config.dense_residual and model.config.image_dim == 32  # ViT width
+
+
+def test_vocabulary_encode_matches_a_per_token_mapping_and_caches() -> None:
+    import numpy as np
+    import torch
+
+    from vistrieve.rerankers.qformer import TextVocabulary
+
+    table = {"a": 5, "red": 9, "circle": 40000, "blue": 7}
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), 6, dtype=torch.long)
+        for r, t in enumerate(texts):
+            for c, w in enumerate(t.split()[:6]):
+                out[r, c] = table.get(w, 60000)  # 60000: a token never seen in training
+        return out
+
+    vocab = TextVocabulary.build(tokenize, ["a red circle", "a blue"])
+    texts = ["a red circle", "a green circle", "a blue", "a red circle"]
+    got = vocab.encode(texts, max_len=4)
+    raw = tokenize(texts)[:, :4].numpy()
+    compact = {t: i + 2 for i, t in enumerate(vocab.token_ids)}
+    want = np.vectorize(lambda v: 0 if v == 0 else compact.get(int(v), 1))(raw)
+    assert np.array_equal(got.numpy(), want)
+    assert got[1, 1].item() == 1  # "green": unknown
+    assert torch.equal(vocab.encode(["a blue"], max_len=4), got[2:3])  # cached, same ids
+
+
+def test_warm_caches_patch_tokens_and_dense_embeddings() -> None:
+    from vistrieve.data.shapes import ShapesWorld
+    from vistrieve.encoders import create_encoder
+    from vistrieve.rerankers.qformer import clip_pair_similarity, clip_patch_tokens
+
+    encoder = create_encoder("clip-tiny-test", progress=False)
+    corpus = ShapesWorld(seed=0, n_train=0, n_val=0, n_test=6, swap_fraction=0.0).corpus("test")
+    texts = [c for it in corpus.values() for c in it.captions]
+    vocab = TextVocabulary.build(encoder.tokenizer, texts)  # type: ignore[attr-defined]
+    cfg = QFormerConfig(width=32, layers=1, heads=4, num_queries=2, image_dim=32,
+                        vocab_size=len(vocab), dense_residual=True)  # fmt: skip
+    dense = clip_pair_similarity(encoder, corpus)
+    rr = QFormerReranker(QFormerCrossEncoder(cfg), vocab, clip_patch_tokens(encoder), corpus,
+                         dense=dense)  # fmt: skip
+    assert rr.warm() == len(corpus) and rr.warm() == 0
+    assert set(dense.images) == set(corpus)
+    passes = encoder.image_passes  # type: ignore[attr-defined]
+    hits = [Hit(id=i, score=0.0) for i in corpus]
+    rr.rerank([Query(text=texts[0])], [hits])
+    assert encoder.image_passes == passes  # type: ignore[attr-defined]  # nothing re-encoded

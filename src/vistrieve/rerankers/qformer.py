@@ -192,7 +192,15 @@ class TextVocabulary:
     ) -> None:
         self.tokenize = tokenize
         self.token_ids = [int(t) for t in token_ids]
-        self._map = {t: i + 2 for i, t in enumerate(self.token_ids)}
+        # A lookup table from base ids to compact ids: mapping is one numpy gather.
+        size = max(self.token_ids, default=0) + 1
+        self._lut = np.ones(size, dtype=np.int64)
+        self._lut[0] = 0
+        if self.token_ids:
+            self._lut[np.asarray(self.token_ids)] = np.arange(2, len(self.token_ids) + 2)
+        # Compact ids per text: a query's text is scored against many candidates.
+        self._cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.max_cached = 100_000
 
     @classmethod
     def build(
@@ -208,14 +216,28 @@ class TextVocabulary:
     def __len__(self) -> int:
         return len(self.token_ids) + 2
 
+    def _map(self, raw: np.ndarray) -> np.ndarray:
+        inside = raw < len(self._lut)
+        return np.where(inside, self._lut[np.where(inside, raw, 0)], 1) * (raw != 0)
+
     def encode(self, texts: list[str], max_len: int) -> torch.Tensor:
-        """Compact ids (len(texts), max_len), 0-padded, unknown tokens mapped to 1."""
-        raw = self.tokenize(texts)[:, :max_len]
-        out = torch.zeros(raw.shape, dtype=torch.long)
-        for (r, col), v in np.ndenumerate(raw.numpy()):
-            if v:
-                out[r, col] = self._map.get(int(v), 1)
-        return out
+        """Compact ids (len(texts), max_len), 0-padded, unknown tokens mapped to 1.
+
+        Each distinct text is tokenised once and remembered (up to ``max_cached`` texts).
+        """
+        todo = [t for t in dict.fromkeys(texts) if (t, max_len) not in self._cache]
+        if todo:
+            if len(self._cache) + len(todo) > self.max_cached:
+                self._cache.clear()
+            raw = np.asarray(self.tokenize(todo))[:, :max_len].astype(np.int64)
+            mapped = torch.from_numpy(self._map(raw))
+            for t, row in zip(todo, mapped, strict=True):
+                self._cache[(t, max_len)] = row
+        if not texts:
+            return torch.zeros((0, max_len), dtype=torch.long)
+        rows = [self._cache[(t, max_len)] for t in texts]
+        width = max(len(r) for r in rows)
+        return torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
 
 
 class QFormerReranker:
@@ -267,14 +289,18 @@ class QFormerReranker:
         }
 
     def warm(self, ids: Sequence[str] | None = None) -> int:
-        """Encode and cache the patch tokens of ``ids`` (default: the whole corpus) now, as
-        LAVIS precomputes image features at index time, so that queries pay for text and
-        cross-attention only. Returns how many images were encoded."""
-        todo = [
-            i for i in dict.fromkeys(self.corpus if ids is None else ids) if i not in self._cache
-        ]
+        """Encode and cache the patch tokens of ``ids`` (default: the whole corpus) now, and
+        the dense anchor's image embeddings when it caches them (:class:`PairSimilarity`),
+        as LAVIS precomputes image features at index time, so that queries pay for text and
+        cross-attention only. Returns how many images' patch tokens were encoded."""
+        wanted = list(dict.fromkeys(self.corpus if ids is None else ids))
+        todo = [i for i in wanted if i not in self._cache]
         if todo:
             self._tokens_for(todo)
+        warm_dense = getattr(self.dense, "warm", None)
+        if callable(warm_dense):
+            # The dual encoder's image embeddings too, or each query would encode them.
+            warm_dense(wanted)
         return len(todo)
 
     def _tokens_for(self, ids: Sequence[str]) -> torch.Tensor:
@@ -389,37 +415,54 @@ def clip_patch_tokens(encoder: Any) -> Callable[[list[Any]], torch.Tensor]:
     return fn
 
 
-def clip_pair_similarity(
-    encoder: Any, corpus: Mapping[str, Item], *, max_cached_texts: int = 100_000
-) -> Callable[[Sequence[str], Sequence[str]], torch.Tensor]:
+class PairSimilarity:
     """``(texts, image ids) -> cosines`` of a dual encoder, caching both sides' embeddings.
 
-    The dense anchor of a ``dense_residual`` Q-Former. Image embeddings are cached per id,
-    text embeddings per string (a query's text is encoded once for all its candidates).
+    The dense anchor of a ``dense_residual`` Q-Former. Image embeddings are cached per id
+    (:meth:`warm` encodes them ahead of queries), text embeddings per string (a query's text
+    is encoded once for all its candidates).
     """
-    from vistrieve.utils.images import load_image
 
-    images: dict[str, np.ndarray] = {}
-    texts: dict[str, np.ndarray] = {}
+    def __init__(
+        self, encoder: Any, corpus: Mapping[str, Item], *, max_cached_texts: int = 100_000
+    ) -> None:
+        self.encoder = encoder
+        self.corpus = corpus
+        self.max_cached_texts = max_cached_texts
+        self.images: dict[str, np.ndarray] = {}
+        self.texts: dict[str, np.ndarray] = {}
 
-    def fn(batch_texts: Sequence[str], ids: Sequence[str]) -> torch.Tensor:
-        new_ids = [i for i in dict.fromkeys(ids) if i not in images]
+    def warm(self, ids: Sequence[str]) -> int:
+        """Encode and cache the images of ``ids``; returns how many were new."""
+        from vistrieve.utils.images import load_image
+
+        new_ids = [i for i in dict.fromkeys(ids) if i not in self.images]
         for i in new_ids:
-            if i not in corpus:
+            if i not in self.corpus:
                 raise KeyError(f"candidate {i!r} is not in the reranker's corpus")
-        if new_ids:
-            emb = encoder.encode_image([load_image(corpus[i].image) for i in new_ids])
-            images.update(zip(new_ids, emb, strict=True))
-        new_texts = [t for t in dict.fromkeys(batch_texts) if t not in texts]
+        for s in range(0, len(new_ids), 256):
+            chunk = new_ids[s : s + 256]
+            emb = self.encoder.encode_image([load_image(self.corpus[i].image) for i in chunk])
+            self.images.update(zip(chunk, emb, strict=True))
+        return len(new_ids)
+
+    def __call__(self, batch_texts: Sequence[str], ids: Sequence[str]) -> torch.Tensor:
+        self.warm(ids)
+        new_texts = [t for t in dict.fromkeys(batch_texts) if t not in self.texts]
         if new_texts:
-            if len(texts) + len(new_texts) > max_cached_texts:
-                texts.clear()
-            texts.update(zip(new_texts, encoder.encode_text(new_texts), strict=True))
-        a = np.stack([texts[t] for t in batch_texts])
-        b = np.stack([images[i] for i in ids])
+            if len(self.texts) + len(new_texts) > self.max_cached_texts:
+                self.texts.clear()
+            self.texts.update(zip(new_texts, self.encoder.encode_text(new_texts), strict=True))
+        a = np.stack([self.texts[t] for t in batch_texts])
+        b = np.stack([self.images[i] for i in ids])
         return torch.from_numpy((a * b).sum(1).astype(np.float32))
 
-    return fn
+
+def clip_pair_similarity(
+    encoder: Any, corpus: Mapping[str, Item], *, max_cached_texts: int = 100_000
+) -> PairSimilarity:
+    """The dual encoder's pair cosine with caches (see :class:`PairSimilarity`)."""
+    return PairSimilarity(encoder, corpus, max_cached_texts=max_cached_texts)
 
 
 def train_qformer(
