@@ -115,7 +115,8 @@ def main() -> int:
     (out / "summary.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     (out / "dialogs.json").write_text(
-        json.dumps([[[t.question, t.answer] for t in d] for d in dialogs[:20]], indent=2), encoding="utf-8"
+        json.dumps([[[t.question, t.answer] for t in d] for d in dialogs[:20]], indent=2),
+        encoding="utf-8",
     )
     sys.stdout.write(text)
     return 0
