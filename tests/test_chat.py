@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,3 +177,26 @@ def test_chat_session_uses_feedback_for_a_rewrite() -> None:
     second = session.send("green")
     assert second.query == "green triangle middle" and second.hits[0].id == "c"
     assert np.isfinite(second.hits[0].score)
+
+
+def test_dialog_summary_rewriter_turns_dialogs_into_captions(
+    caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    from vistrieve.pipeline import RetrievalPipeline
+    from vistrieve.query_rewriting.chat import DialogSummaryRewriter
+    from vistrieve.query_rewriting.llm import CachedLLM, ReplayCache
+
+    llm = CachedLLM(_llm("Description: a green triangle in the middle", "Sorry.\nNo."),
+                    ReplayCache(tmp_path))  # fmt: skip
+    rw = DialogSummaryRewriter(llm)
+    dialog = Query(text="a shape", dialog=(DialogTurn("what colour?", "green"),), id="d1")
+    out = rw.rewrite([dialog, Query(text="plain")])
+    assert out[0][0].text == "a green triangle in the middle" and out[0][0].id == "d1"
+    assert out[1][0].text == "plain"
+    retriever = WordRetriever()
+    hits = RetrievalPipeline(retriever, rewriter=rw).retrieve([dialog], k=1)  # cached answer
+    assert hits[0][0].id == "c" and retriever.queries[-1] == "a green triangle in the middle"
+    other = Query(text="x", dialog=(DialogTurn("q?", "a"),))
+    with caplog.at_level(logging.WARNING):
+        kept = rw.rewrite([other])
+    assert kept[0][0] is other and rw.cost()["parse_failures"] == 1

@@ -26,6 +26,7 @@ import numpy as np
 from vistrieve.evals.metrics import ABSENT_RANK
 from vistrieve.query_rewriting.llm import CachedLLM, ChatLLM
 from vistrieve.query_rewriting.prompts import (
+    DIALOG_SUMMARY,
     FEEDBACK_REWRITE,
     QUESTIONER,
     PromptTemplate,
@@ -172,6 +173,49 @@ def run_dialogs(
         for i, (hs, t) in enumerate(zip(hits, targets, strict=True)):
             ranks[i, r] = _rank_of(hs, t)
     return ranks, dialogs
+
+
+class DialogSummaryRewriter:
+    """Rewrites dialog queries into one caption-like description with an LLM.
+
+    A caption-trained first stage reads captions, not question/answer transcripts (and its
+    text context may truncate a long dialog). Dialog queries with at least one round are
+    summarised; other queries pass through. An unusable answer is logged and counted
+    (``cost()["parse_failures"]``) and the dialog query is kept as it is.
+    """
+
+    def __init__(self, llm: ChatLLM, *, prompt: PromptTemplate = DIALOG_SUMMARY) -> None:
+        self.llm = llm if isinstance(llm, CachedLLM) else CachedLLM(llm)
+        self.prompt = prompt
+        self.parse_failures = 0
+
+    def rewrite(self, queries: Sequence[Query]) -> list[list[Query]]:
+        """One query per input (:class:`~vistrieve.types.QueryRewriter`)."""
+        out = []
+        for q in queries:
+            if q.kind != "dialog" or not q.dialog:
+                out.append([q])
+                continue
+            answer = self.llm.complete(
+                self.prompt.messages(caption=str(q.text or ""), dialog=_format_dialog(q.dialog))
+            )
+            text = parse_field(answer, "Description")
+            if not text:
+                self.parse_failures += 1
+                logger.warning("dialog summary unusable (%r); keeping the dialog", answer[:80])
+                out.append([q])
+                continue
+            meta = {**q.metadata, "rewriter": self.llm.name, "dialog_rounds": len(q.dialog)}
+            out.append([Query(text=text, id=q.id, metadata=meta)])
+        return out
+
+    def cost(self) -> dict[str, float]:
+        """LLM cost and unusable answers."""
+        return {**self.llm.cost(), "parse_failures": float(self.parse_failures)}
+
+    def report_notes(self) -> list[str]:
+        """Which LLM summarised the dialogs."""
+        return [f"dialogs summarised by LLM {self.llm.name!r}"]
 
 
 # ----------------------------------------------------------------------------- EIIRwQR

@@ -88,7 +88,19 @@ QUESTIONER = PromptTemplate(
     user="Description: {caption}\nDialog so far:\n{dialog}\nQuestion:",
 )
 
-PROMPTS: Mapping[str, PromptTemplate] = {p.name: p for p in (CIREVL, FEEDBACK_REWRITE, QUESTIONER)}
+DIALOG_SUMMARY = PromptTemplate(
+    name="dialog-summary",
+    system=(
+        "You turn a conversation about an image into one short description of that image, "
+        "in the style of an image caption, using every fact the answers give. Answer with "
+        'one line that starts with "Description:".'
+    ),
+    user="Caption: {caption}\nDialog:\n{dialog}\nDescription:",
+)
+
+PROMPTS: Mapping[str, PromptTemplate] = {
+    p.name: p for p in (CIREVL, FEEDBACK_REWRITE, QUESTIONER, DIALOG_SUMMARY)
+}
 
 
 def parse_field(answer: str, field: str) -> str | None:
