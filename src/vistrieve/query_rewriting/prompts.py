@@ -43,17 +43,23 @@ _INJECTION = re.compile(
 
 def sanitize(text: str, *, max_chars: int = 2000) -> str:
     """Outside text made safe to embed: sentences that look like instructions to the model
-    are dropped (and logged), whitespace is collapsed and the text is cut to ``max_chars``."""
-    text = str(text)
-    parts = re.split(r"(?<=[.!?\n])\s+", text)
-    kept = []
-    for p in parts:
-        if _INJECTION.search(p):
-            logger.warning("dropped an instruction-like passage from a prompt field: %r", p[:80])
-            continue
-        kept.append(p)
-    out = " ".join(" ".join(kept).split())
-    return out[:max_chars]
+    are dropped (and logged), spaces are collapsed within lines (line breaks are kept: a
+    dialog or a list keeps its shape), empty lines are removed, and the text is cut to
+    ``max_chars``."""
+    lines = []
+    for line in str(text).splitlines():
+        kept = []
+        for sentence in re.split(r"(?<=[.!?])\s+", line):
+            if _INJECTION.search(sentence):
+                logger.warning(
+                    "dropped an instruction-like passage from a prompt field: %r", sentence[:80]
+                )
+                continue
+            kept.append(sentence)
+        clean = " ".join(" ".join(kept).split())
+        if clean:
+            lines.append(clean)
+    return "\n".join(lines)[:max_chars]
 
 
 CIREVL = PromptTemplate(
