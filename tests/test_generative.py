@@ -340,7 +340,7 @@ def test_lora_trains_adapters_only_and_saves_merged(tmp_path: Path) -> None:
 
 
 def test_lora_bad_target_modules_and_rank_are_errors() -> None:
-    with pytest.raises(ValueError, match="match no layer.*linear layers are"):
+    with pytest.raises(ValueError, match="matches no adaptable layer.*end in"):
         _model("t5").apply_lora(target_modules=["query_proj"])
     with pytest.raises(ValueError, match="exceeds"):
         _model("t5").apply_lora(r=64, target_modules=["q"])

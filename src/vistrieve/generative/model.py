@@ -113,43 +113,25 @@ class GraceModel(nn.Module):
     ) -> int:
         """Wrap the LM with peft LoRA adapters (the image projection stays fully trainable).
 
-        ``target_modules=None`` uses peft's defaults for the model family (T5: ``q``, ``v``;
-        GPT-2: ``c_attn``). Returns the number of trainable parameters. Saving writes the
-        adapter in peft's format (``adapter/``) and the merged LM (``lm/``).
+        ``target_modules=None`` uses :data:`vistrieve.training.lora.FAMILY_TARGETS` for the
+        model family (T5: ``q``, ``v``; GPT-2: ``c_attn``; Llama-style: attention
+        projections). Returns the number of trainable parameters. Saving writes the adapter
+        in peft's format (``adapter/``) and the merged LM (``lm/``).
 
         Raises:
-            ValueError: no module matches ``target_modules`` (the message lists the linear
-                layers there are), or ``r`` exceeds a targeted layer's smaller dimension.
+            ValueError: no module matches ``target_modules`` (the message lists the layers
+                there are), or ``r`` exceeds a targeted layer's smaller dimension.
         """
-        from peft import LoraConfig, get_peft_model
+        from vistrieve.training.lora import apply_lora
 
-        linear = {
-            name.rsplit(".", 1)[-1]: mod
-            for name, mod in self.lm.named_modules()
-            if isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
-        }
-        if target_modules is not None:
-            missing = [t for t in target_modules if t not in linear]
-            if missing:
-                raise ValueError(
-                    f"target modules {missing} match no layer of {type(self.lm).__name__}; "
-                    f"its linear layers are {sorted(linear)}"
-                )
-            for t in target_modules:
-                w = getattr(linear[t], "weight", None)
-                if w is not None and r > min(w.shape):
-                    raise ValueError(
-                        f"LoRA rank {r} exceeds the {tuple(w.shape)} layer {t!r}; use r <= "
-                        f"{min(w.shape)}"
-                    )
-        cfg = LoraConfig(
+        self.lm = apply_lora(
+            self.lm,
             r=r,
-            lora_alpha=alpha,
-            lora_dropout=dropout,
-            target_modules=list(target_modules) if target_modules is not None else None,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
             task_type="SEQ_2_SEQ_LM" if self.seq2seq else "CAUSAL_LM",
         )
-        self.lm = get_peft_model(self.lm, cfg)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     @property
