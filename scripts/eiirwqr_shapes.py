@@ -26,7 +26,7 @@ import numpy as np
 
 from vistrieve.data.shapes import ShapesWorld
 from vistrieve.encoders import create_encoder
-from vistrieve.evals.metrics import ABSENT_RANK, cumulative_hits_at_k
+from vistrieve.evals.metrics import ABSENT_RANK, cumulative_hits_at_k, target_rank
 from vistrieve.query_rewriting.captioner import load_shapes_captioner
 from vistrieve.query_rewriting.chat import FeedbackLoop, simulated_feedback
 from vistrieve.query_rewriting.cirevl import CachedCaptioner
@@ -82,8 +82,7 @@ def main() -> int:
             feedback = simulated_feedback(labels, lambda i: corpus[i].labels)
             log = loop.run(e.caption, feedback, images)
             for r, rnd in enumerate(log[: args.rounds + 1]):
-                if e.target_id in rnd.hits:
-                    ranks[n, r] = rnd.hits.index(e.target_id)
+                ranks[n, r] = target_rank(rnd.hits, e.target_id)
         hits = cumulative_hits_at_k(ranks, k=10)
         record[name] = {"hits@10": hits.tolist(), "cost": loop.cost()}
         lines.append(f"| {name} | " + " | ".join(f"{100 * h:.1f}" for h in hits) + " |")

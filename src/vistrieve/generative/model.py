@@ -148,12 +148,16 @@ class GraceModel(nn.Module):
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ identifiers
+    def _missing_tokens(self, identifiers: Identifiers) -> list[str]:
+        vocab = self.tokenizer.get_vocab()
+        return [t for t in identifiers.new_tokens if t not in vocab]
+
     def add_identifier_tokens(self, identifiers: Identifiers) -> int:
         """Add an ``atomic`` scheme's new tokens to the tokenizer and the embedding matrix.
 
         Returns how many tokens were added (0 when they are all present already).
         """
-        missing = [t for t in identifiers.new_tokens if t not in self.tokenizer.get_vocab()]
+        missing = self._missing_tokens(identifiers)
         if not missing:
             return 0
         self.tokenizer.add_tokens(missing, special_tokens=False)
@@ -170,7 +174,7 @@ class GraceModel(nn.Module):
             IdentifierError: an identifier tokenizes to nothing or to an unknown token, two
                 identifiers tokenize alike, or an atomic scheme's tokens were not added.
         """
-        missing = [t for t in identifiers.new_tokens if t not in self.tokenizer.get_vocab()]
+        missing = self._missing_tokens(identifiers)
         if missing:
             raise IdentifierError(
                 f"{len(missing)} atomic identifier tokens (e.g. {missing[0]!r}) are not in the "
@@ -285,6 +289,9 @@ class GraceModel(nn.Module):
         """Trie-constrained beam search: for each source, ``num_beams`` (item, log-prob)
         pairs, best first. Scores are total log-probabilities of the identifier
         (``length_penalty=0``), so identifiers of different lengths compare fairly."""
+        # Encoder-decoder outputs start with the decoder start token; decoder-only outputs
+        # fed inputs_embeds hold the generated tokens alone.
+        skip = 1 if self.seq2seq else 0
         if not self.seq2seq:
             emb, mask = self._with_sep(emb, mask)
         out = self.lm.generate(
@@ -292,7 +299,7 @@ class GraceModel(nn.Module):
             attention_mask=mask,
             num_beams=num_beams,
             num_return_sequences=num_beams,
-            prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn(skip=1 if self.seq2seq else 0),
+            prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn(skip=skip),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             length_penalty=0.0,
@@ -304,7 +311,6 @@ class GraceModel(nn.Module):
         )
         seqs = out.sequences.tolist()
         scores = out.sequences_scores.tolist()
-        skip = 1 if self.seq2seq else 0
         results: list[list[tuple[Any, float]]] = []
         for q in range(len(emb)):
             row: list[tuple[Any, float]] = []

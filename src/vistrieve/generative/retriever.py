@@ -51,7 +51,6 @@ class GraceRetriever:
         self.batch_size = int(batch_size)
         self.name = name
         self.trie = model.build_trie(identifiers)
-        self._depth = max(len(s) for s in model.identifier_tokens(identifiers).values())
         self.generations = 0
         # Image features of the identified items, replayed when images are added later.
         self._feature_bank: dict[str, np.ndarray] = {}
@@ -121,7 +120,7 @@ class GraceRetriever:
         self, rows: list[int], emb: Any, mask: Any, k: int, out: list[list[Hit] | None]
     ) -> None:
         ranked = self.model.generate(
-            emb, mask, self.trie, num_beams=self.num_beams, max_new_tokens=self._depth + 1
+            emb, mask, self.trie, num_beams=self.num_beams, max_new_tokens=self.trie.depth + 1
         )
         self.generations += len(rows)
         for r, cands in zip(rows, ranked, strict=True):
@@ -165,7 +164,6 @@ class GraceRetriever:
         self._feature_bank = all_feats
         self.identifiers = extended
         self.trie = self.model.build_trie(extended)
-        self._depth = max(len(s) for s in self.model.identifier_tokens(extended).values())
         return extended
 
     def set_feature_bank(self, features: Mapping[str, np.ndarray]) -> None:

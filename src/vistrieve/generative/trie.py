@@ -25,9 +25,15 @@ class Trie:
         self.eos_token_id = int(eos_token_id)
         self._root: dict[int, Any] = {}
         self._size = 0
+        self._depth = 0
 
     def __len__(self) -> int:
         return self._size
+
+    @property
+    def depth(self) -> int:
+        """Length of the longest sequence (EOS included): decoding needs no more steps."""
+        return self._depth
 
     def add(self, sequence: Sequence[int], value: Any = None) -> None:
         """Insert ``sequence``; raises ``ValueError`` for an empty or duplicate sequence."""
@@ -42,6 +48,7 @@ class Trie:
             )
         node[_END] = value
         self._size += 1
+        self._depth = max(self._depth, len(sequence))
 
     @classmethod
     def build(cls, sequences: Iterable[tuple[Sequence[int], Any]], eos_token_id: int) -> Trie:

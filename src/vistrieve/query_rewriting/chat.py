@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vistrieve.evals.metrics import ABSENT_RANK
+from vistrieve.evals.metrics import ABSENT_RANK, target_rank
 from vistrieve.query_rewriting.llm import CachedLLM, ChatLLM
 from vistrieve.query_rewriting.prompts import (
     DIALOG_SUMMARY,
@@ -131,13 +131,6 @@ class VQAAnswerer:
         return str(self.processor.batch_decode(ids, skip_special_tokens=True)[0]).strip()
 
 
-def _rank_of(hits: Sequence[Hit], target: str) -> int:
-    for i, h in enumerate(hits):
-        if h.id == target:
-            return i
-    return ABSENT_RANK
-
-
 def run_dialogs(
     retriever: Retriever,
     captions: Sequence[str],
@@ -171,7 +164,7 @@ def run_dialogs(
         queries = [Query(text=c, dialog=tuple(d)) for c, d in zip(captions, dialogs, strict=True)]
         hits = retriever.retrieve(queries, k=k)
         for i, (hs, t) in enumerate(zip(hits, targets, strict=True)):
-            ranks[i, r] = _rank_of(hs, t)
+            ranks[i, r] = target_rank([h.id for h in hs], t)
     return ranks, dialogs
 
 
@@ -426,9 +419,9 @@ class ChatSession:
         else:
             s.rewritten = None
         query = self.query_text()
-        depth = self.k + len(s.irrelevant)
-        hits = [h for h in self.retriever.retrieve([Query(text=query)], k=depth)[0]]
-        hits = [h for h in hits if h.id not in set(s.irrelevant)][: self.k]
+        hidden = set(s.irrelevant)
+        hits = self.retriever.retrieve([Query(text=query)], k=self.k + len(hidden))[0]
+        hits = [h for h in hits if h.id not in hidden][: self.k]
         s.shown = [h.id for h in hits]
         if self.questioner is not None and len(s.turns) < MAX_DIALOG_ROUNDS:
             s.pending_question = self.questioner(s.caption, self.dialog)

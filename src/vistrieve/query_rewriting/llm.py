@@ -186,6 +186,19 @@ class LangChainLLM:
         return str(content)
 
 
+def load_causal_lm(
+    name_or_path: str | os.PathLike[str], *, gguf_file: str | None = None
+) -> tuple[Any, Any]:
+    """A transformers causal LM and its tokenizer by hub name or local path (``gguf_file``
+    for a GGUF checkpoint such as SmolLM2's; needs the ``gguf`` package)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(name_or_path, **extra)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **extra)
+    return model, tok
+
+
 class HFChatLLM:
     """A local transformers chat model (greedy decoding by default).
 
@@ -216,11 +229,7 @@ class HFChatLLM:
         cls, name_or_path: str | os.PathLike[str], *, gguf_file: str | None = None, **kw: Any
     ) -> HFChatLLM:
         """Load a chat model by hub name or local path (``gguf_file`` for GGUF weights)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        extra = {"gguf_file": gguf_file} if gguf_file else {}
-        tok = AutoTokenizer.from_pretrained(name_or_path, **extra)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **extra)
+        model, tok = load_causal_lm(name_or_path, gguf_file=gguf_file)
         kw.setdefault(
             "name", f"{Path(name_or_path).name}/{gguf_file}" if gguf_file else str(name_or_path)
         )

@@ -172,11 +172,9 @@ class HFLetterScorer:
     ) -> HFLetterScorer:
         """Load a causal LM and its tokenizer by hub name or local path (``gguf_file`` for a
         GGUF checkpoint such as SmolLM2's)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from vistrieve.query_rewriting.llm import load_causal_lm
 
-        extra = {"gguf_file": gguf_file} if gguf_file else {}
-        tok = AutoTokenizer.from_pretrained(name_or_path, **extra)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **extra)
+        model, tok = load_causal_lm(name_or_path, gguf_file=gguf_file)
         return cls(model, tok, **kw)
 
     def _text(self, prompt: ListwisePrompt) -> str:
