@@ -131,6 +131,7 @@ def test_trie_allows_only_valid_continuations_and_eos_when_stuck() -> None:
     assert trie.allowed([9]) == [1]  # off the trie: EOS, never an empty list
     assert trie.next_tokens([9]) == []
     assert trie.get([5, 7, 1]) == "b" and [8, 1] in trie and [8] not in trie
+    assert trie.depth == 3 and len(trie) == 3
     fn = trie.prefix_allowed_tokens_fn(skip=1)
     assert fn(0, torch.tensor([0, 5])) == [6, 7]
     with pytest.raises(ValueError, match="already in the trie"):
@@ -368,3 +369,12 @@ def test_vistrieve_train_grace_command(tmp_path: Path) -> None:
     assert any(name.startswith("grace:") for name in report["methods"])
     assert main(["train", "grace", "--scheme", "structured", "--beams", "0", "--n-images",
                  "8", "--out", str(tmp_path / "bad")]) == 2  # fmt: skip
+
+
+def test_spaced_string_identifiers_stay_spaced_when_extended() -> None:
+    ids = build_identifiers("string", ITEMS, sep=" ")
+    assert all(v.count(" ") == ids.params["length"] - 1 for v in ids.by_item.values())
+    ext = extend_identifiers(ids, ["late"])
+    assert ext["late"].count(" ") == ids.params["length"] - 1
+    model = _model()
+    assert len(model.identifier_tokens(ext)) == len(ITEMS) + 1  # spellable word by word

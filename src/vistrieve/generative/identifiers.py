@@ -134,8 +134,12 @@ def numeric_identifiers(item_ids: Sequence[str], *, seed: int = 0) -> Identifier
     )
 
 
+def _letters(codes: Sequence[int], sep: str) -> str:
+    return sep.join(chr(ord("a") + int(c)) for c in codes)
+
+
 def string_identifiers(
-    item_ids: Sequence[str], *, length: int | None = None, seed: int = 0
+    item_ids: Sequence[str], *, length: int | None = None, seed: int = 0, sep: str = ""
 ) -> Identifiers:
     """Random lower-case letter strings of one length, unique by construction.
 
@@ -144,6 +148,8 @@ def string_identifiers(
         length: Letters per identifier; default the smallest length with at least 10x more
             strings than images (so identifiers stay sparse).
         seed: Sampling seed.
+        sep: Between letters: ``" "`` makes every letter its own word, which a word-level
+            vocabulary can spell ("q k d"); identifiers added later keep it.
     """
     ids = _check_ids(item_ids)
     if length is None:
@@ -155,17 +161,17 @@ def string_identifiers(
         )
     codes = np.random.default_rng(seed).choice(26**length, size=len(ids), replace=False)
 
-    def letters(n: int) -> str:
+    def digits(n: int) -> list[int]:
         out = []
         for _ in range(length):
             n, r = divmod(n, 26)
-            out.append(chr(ord("a") + r))
-        return "".join(out)
+            out.append(r)
+        return out
 
     return Identifiers(
         "string",
-        {i: letters(int(c)) for i, c in zip(ids, codes, strict=True)},
-        params={"seed": seed, "length": length},
+        {i: _letters(digits(int(c)), sep) for i, c in zip(ids, codes, strict=True)},
+        params={"seed": seed, "length": length, "sep": sep},
     )
 
 
@@ -354,10 +360,11 @@ def extend_identifiers(
         out = {i: str(start + n) for n, i in enumerate(new)}
     elif s == "string":
         length = int(identifiers.params["length"])
+        sep = str(identifiers.params.get("sep", ""))
         rng = np.random.default_rng(seed)
         for i in new:
             while True:
-                cand = "".join(chr(ord("a") + int(c)) for c in rng.integers(26, size=length))
+                cand = _letters(rng.integers(26, size=length).tolist(), sep)
                 if cand not in taken:
                     break
             taken.add(cand)

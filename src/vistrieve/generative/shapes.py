@@ -116,15 +116,8 @@ def train_shapes_grace(
         embeddings=feats,
         seed=seed,
         **({"max_words": 12} if scheme == "semantic" else {}),
+        **({"sep": " "} if scheme == "string" else {}),  # one word-level token per letter
     )
-    if scheme == "string":  # one word-level token per letter
-        from vistrieve.generative.identifiers import Identifiers
-
-        identifiers = Identifiers(
-            "string",
-            {i: " ".join(v) for i, v in identifiers.by_item.items()},
-            params={**identifiers.params, "spaced": True},
-        )
     queries = pseudo_queries(corpus, scenes, seed=seed + 1234)
     words = sorted({w for it in corpus.values() for c in it.captions for w in c.split()})
     words += sorted({w for q, _ in queries for w in q.split()} - set(words))
@@ -145,7 +138,7 @@ def train_shapes_grace(
         title=f"GRACE ({scheme} identifiers) on the shapes {split} split",
     )
     report.save(Path(out) / "eval")
-    depth = max(len(s) for s in model.identifier_tokens(identifiers).values()) - 1
+    depth = retriever.trie.depth - 1  # tokens of the longest identifier, EOS excluded
     result = {
         "scheme": scheme,
         "split": split,
