@@ -329,6 +329,26 @@ class GraceModel(nn.Module):
             results.append(row)
         return results
 
+    @torch.inference_mode()
+    def generate_text(
+        self, emb: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int = 32
+    ) -> list[str]:
+        """Unconstrained greedy decoding from the sources (a caption per image, say), with
+        whitespace normalised."""
+        if not self.seq2seq:
+            emb, mask = self._with_sep(emb, mask)
+        ids = self.lm.generate(
+            inputs_embeds=emb,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self.eos,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [" ".join(t.split()) for t in texts]
+
     # ------------------------------------------------------------------ persistence
     def save(
         self, directory: str | os.PathLike[str], identifiers: Identifiers | None = None

@@ -124,23 +124,9 @@ class PrefixCaptioner:
     def caption_features(self, features: np.ndarray) -> list[str]:
         """Captions of feature vectors (N, image_dim)."""
         out: list[str] = []
-        tok = self.model.tokenizer
         for s in range(0, len(features), self.batch_size):
             emb, mask = self.model.image_source(features[s : s + self.batch_size])
-            if not self.model.seq2seq:
-                emb, mask = self.model._with_sep(emb, mask)
-            with torch.inference_mode():
-                ids = self.model.lm.generate(
-                    inputs_embeds=emb,
-                    attention_mask=mask,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    eos_token_id=self.model.eos,
-                    pad_token_id=tok.pad_token_id,
-                )
-            texts = tok.batch_decode(ids, skip_special_tokens=True)
-            out.extend(" ".join(t.split()) for t in texts)
+            out.extend(self.model.generate_text(emb, mask, max_new_tokens=self.max_new_tokens))
         return out
 
     def caption(self, images: Sequence[Any]) -> list[str]:
