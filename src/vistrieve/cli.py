@@ -232,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_grace_arguments(t)
     t.set_defaults(func=run_grace_cli)
+
+    from vistrieve.training.finetune_cli import add_arguments as add_finetune_arguments
+
+    p = sub.add_parser(
+        "finetune",
+        help="adapt a stage with LoRA or full fine-tuning (accelerate)",
+        description="Adapt a stage (clip, hash, reranker, rewriter, grace) with peft LoRA "
+        "adapters or full fine-tuning; `accelerate launch -m vistrieve.cli finetune ...` for "
+        "multi-GPU runs.",
+    )
+    add_finetune_arguments(p)
     return parser
 
 
@@ -239,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.cli_argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -10,6 +10,7 @@ in a retriever's ``retriever.json``), or a ready encoder (passed through):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,7 +80,8 @@ def create_encoder(spec: str | Mapping[str, Any] | Encoder, **overrides: Any) ->
         spec: ``"open_clip"``, ``"hf"``, ``"clip-tiny-test"``, ``"shapes-clip"`` ...; or a
             mapping ``{"name": ..., **kwargs}``; or an object that already encodes.
         **overrides: Keyword arguments for the factory (``model``, ``pretrained``,
-            ``device``, ``batch_size`` ...).
+            ``device``, ``batch_size`` ...). ``adapter=PATH`` applies the output of a
+            ``vistrieve finetune clip`` run (a LoRA adapter, merged, or full weights).
 
     Returns:
         The encoder, with ``spec`` set to what rebuilds it (runtime options excluded).
@@ -94,9 +96,40 @@ def create_encoder(spec: str | Mapping[str, Any] | Encoder, **overrides: Any) ->
         kwargs = {k: v for k, v in spec.items() if k != "name"}
         kwargs.update(overrides)
         name = str(spec["name"])
+    adapter = kwargs.pop("adapter", None)
     encoder = ENCODERS.create(name, **kwargs)
+    if adapter is not None:
+        apply_encoder_adapter(encoder, adapter)
+        kwargs["adapter"] = str(adapter)
     saved = {k: v for k, v in kwargs.items() if k not in _RUNTIME_KEYS}
     encoder.spec = {"name": name, **saved}  # type: ignore[attr-defined]
+    return encoder
+
+
+def apply_encoder_adapter(encoder: Encoder, adapter: str | os.PathLike[str]) -> Encoder:
+    """Apply a ``vistrieve finetune clip`` output to ``encoder`` in place (open_clip: the
+    whole model; LiT: text tower and heads) and mark its name with the adapter's digest,
+    so an index built with the plain model is not silently reused.
+
+    Raises:
+        FileNotFoundError: ``adapter`` is not a fine-tuning output.
+        ValueError: it belongs to another stage, or the encoder type cannot take it.
+    """
+    from vistrieve.training.finetune import adapter_digest, load_finetuned
+
+    model: Any = getattr(encoder, "model", None)
+    if hasattr(encoder, "text_tower") and hasattr(encoder, "heads"):
+        from vistrieve.training.tasks import _LitTextSide
+
+        lit: Any = encoder
+        side: Any = load_finetuned(_LitTextSide(lit.text_tower, lit.heads), adapter, stage="clip")
+        lit.text_tower, lit.heads = side.tower.eval(), side.heads.eval()
+    elif isinstance(model, torch.nn.Module):
+        encoder.model = load_finetuned(model, adapter, stage="clip").eval()  # type: ignore[attr-defined]
+    else:
+        raise ValueError(f"cannot apply an adapter to {type(encoder).__name__}")
+    digest = adapter_digest(adapter)
+    encoder.name = f"{encoder.name}+finetuned:{digest}"
     return encoder
 
 
@@ -106,4 +139,4 @@ def encoder_spec(encoder: Encoder) -> dict[str, Any] | None:
     return dict(spec) if isinstance(spec, Mapping) else None
 
 
-__all__ = ["ENCODERS", "TorchEncoder", "create_encoder", "encoder_spec"]
+__all__ = ["ENCODERS", "TorchEncoder", "apply_encoder_adapter", "create_encoder", "encoder_spec"]

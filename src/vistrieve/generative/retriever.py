@@ -192,12 +192,22 @@ class GraceRetriever:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike[str], *, encoder: Any = None, **kw: Any
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        encoder: Any = None,
+        adapter: str | os.PathLike[str] | None = None,
+        **kw: Any,
     ) -> GraceRetriever:
-        """A retriever saved by :meth:`save` (pass the image encoder for image queries)."""
+        """A retriever saved by :meth:`save` (pass the image encoder for image queries;
+        ``adapter``: the output of ``vistrieve finetune grace``, merged into the LM)."""
         from vistrieve.utils.io import load_npy, read_json
 
         model, identifiers = GraceModel.load(directory)
+        if adapter is not None:
+            from vistrieve.training.finetune import load_finetuned
+
+            model.lm = load_finetuned(model.lm, adapter, stage="grace")
         if identifiers is None:
             raise FileNotFoundError(f"{directory} holds a GRACE model but no identifiers.json")
         ret = cls(model, identifiers, encoder=encoder, **kw)

@@ -701,8 +701,11 @@ class CMSEH(nn.Module):
         logger.info("saved %s to %s", self.name, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> CMSEH:
-        """Load a model saved by :meth:`save` (in eval mode).
+    def load(
+        cls, path: str | os.PathLike[str], *, adapter: str | os.PathLike[str] | None = None
+    ) -> CMSEH:
+        """Load a model saved by :meth:`save` (in eval mode); ``adapter``: the output of
+        ``vistrieve finetune hash``, applied on load.
 
         Raises:
             FileNotFoundError: ``path`` holds no saved hash model.
@@ -736,6 +739,11 @@ class CMSEH(nn.Module):
                 f"{unexpected[:5]}"
             )
         model.meta = dict(info.get("meta", {}))
+        if adapter is not None:
+            from vistrieve.training.finetune import load_finetuned
+
+            model = load_finetuned(model, adapter, stage="hash")  # type: ignore[assignment]
+            model.meta["adapter"] = str(adapter)
         model.eval()
         return model
 

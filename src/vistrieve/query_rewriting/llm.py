@@ -226,13 +226,24 @@ class HFChatLLM:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike[str], *, gguf_file: str | None = None, **kw: Any
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        gguf_file: str | None = None,
+        adapter: str | os.PathLike[str] | None = None,
+        **kw: Any,
     ) -> HFChatLLM:
-        """Load a chat model by hub name or local path (``gguf_file`` for GGUF weights)."""
+        """Load a chat model by hub name or local path (``gguf_file`` for GGUF weights;
+        ``adapter``: the output of ``vistrieve finetune rewriter``, merged on load)."""
         model, tok = load_causal_lm(name_or_path, gguf_file=gguf_file)
         kw.setdefault(
             "name", f"{Path(name_or_path).name}/{gguf_file}" if gguf_file else str(name_or_path)
         )
+        if adapter is not None:
+            from vistrieve.training.finetune import adapter_digest, load_finetuned
+
+            model = load_finetuned(model, adapter, stage="rewriter")
+            kw["name"] = f"{kw['name']}+finetuned:{adapter_digest(adapter)}"
         return cls(model, tok, **kw)
 
     def complete(self, messages: Sequence[Message]) -> str:

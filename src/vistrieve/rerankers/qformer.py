@@ -465,6 +465,52 @@ def clip_pair_similarity(
     return PairSimilarity(encoder, corpus, max_cached_texts=max_cached_texts)
 
 
+def sample_listwise(
+    rng: np.random.Generator,
+    positives: Sequence[set[int]],
+    negatives: Sequence[Sequence[int]],
+    n_images: int,
+    batch_size: int,
+    n_neg: int,
+    n_hard: int,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """A listwise batch: ``batch_size`` caption rows and, for each, its positive image row
+    first, then ``n_hard`` mined negatives and random non-positive images up to ``n_neg``.
+
+    Returns:
+        ``(caption rows (B,), image rows (B, 1 + n_neg))``.
+    """
+    rows = rng.choice(len(positives), size=min(batch_size, len(positives)), replace=False)
+    img_idx = []
+    for r in rows:
+        pos = sorted(positives[r])
+        negs = [n for n in negatives[r] if n not in positives[r]][:n_hard]
+        while len(negs) < n_neg:
+            cand = int(rng.integers(n_images))
+            if cand not in positives[r]:
+                negs.append(cand)
+        img_idx.append([pos[int(rng.integers(len(pos)))], *negs])
+    return rows, torch.tensor(img_idx)
+
+
+def listwise_loss(
+    model: nn.Module,
+    image_tokens: torch.Tensor,
+    text_ids: torch.Tensor,
+    rows: np.ndarray,
+    idx: torch.Tensor,
+    dense: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of the positive (column 0 of ``idx``) among each caption's list."""
+    b, width = idx.shape
+    trows = torch.from_numpy(np.asarray(rows)).repeat_interleave(width)
+    cos = None
+    if dense is not None:
+        cos = (dense[0][trows] * dense[1][idx.flatten()]).sum(-1)
+    logits = model(image_tokens[idx.flatten()], text_ids[trows], cos).view(b, width)
+    return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=logits.device))
+
+
 def train_qformer(
     model: QFormerCrossEncoder,
     vocabulary: TextVocabulary,
@@ -519,25 +565,8 @@ def train_qformer(
     n_img = image_tokens.shape[0]
     bar = tqdm(range(steps), desc="train qformer", disable=not progress)
     for _ in bar:
-        rows = rng.choice(len(texts), size=batch_size, replace=False)
-        img_idx = []
-        for r in rows:
-            pos = sorted(positives[r])
-            negs = [n for n in negatives[r] if n not in positives[r]][:hard]
-            while len(negs) < n_neg:
-                cand = int(rng.integers(n_img))
-                if cand not in positives[r]:
-                    negs.append(cand)
-            img_idx.append([pos[int(rng.integers(len(pos)))], *negs])
-        idx = torch.tensor(img_idx)
-        trows = torch.from_numpy(rows).repeat_interleave(n_neg + 1)
-        cos = None
-        if dense is not None:
-            cos = (dense[0][trows] * dense[1][idx.flatten()]).sum(-1)
-        logits = model(image_tokens[idx.flatten()], text_ids[trows], cos).view(
-            batch_size, n_neg + 1
-        )
-        loss = F.cross_entropy(logits, torch.zeros(batch_size, dtype=torch.long))
+        rows, idx = sample_listwise(rng, positives, negatives, n_img, batch_size, n_neg, hard)
+        loss = listwise_loss(model, image_tokens, text_ids, rows, idx, dense)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -574,6 +603,66 @@ def _logit_scale(encoder: Any) -> float:
         if isinstance(scale, torch.Tensor):
             return float(scale.detach().exp())
     return 20.0
+
+
+@dataclass
+class MinedData:
+    """Listwise training data mined by a first stage (see :func:`mine_training_data`)."""
+
+    items: list[Item]
+    image_tokens: torch.Tensor
+    texts: list[str]
+    positives: list[set[int]]
+    negatives: list[list[int]]
+    dense: tuple[torch.Tensor, torch.Tensor] | None
+    extra_positives: int
+
+
+def mine_training_data(
+    encoder: Any,
+    corpus: Mapping[str, Item],
+    tokens_fn: Callable[[list[Any]], torch.Tensor],
+    *,
+    k_mine: int = 16,
+    positives_of: Callable[[str, str, list[str]], set[str]] | None = None,
+    dense_residual: bool = True,
+) -> MinedData:
+    """(caption, positive images, hard negatives) for every caption of ``corpus``: the
+    first stage's top ``k_mine`` images minus the positives, plus the frozen image tower's
+    patch tokens and, for ``dense_residual`` models, the dual encoder's embeddings."""
+    from vistrieve.retrievers.dense import DenseRetriever
+
+    items = [it for it in corpus.values() if it.image is not None and it.captions]
+    if not items:
+        raise ValueError("the training corpus has no items with both an image and captions")
+    image_tokens = torch.cat(
+        [tokens_fn([it.image for it in items[s : s + 256]]) for s in range(0, len(items), 256)]
+    )
+    row = {it.id: i for i, it in enumerate(items)}
+    texts = [c for it in items for c in it.captions]
+    owners = [it.id for it in items for _ in it.captions]
+    dense = DenseRetriever.build(encoder, {it.id: it for it in items}, index_captions=False)
+    hits: list[list[Hit]] = []
+    for s in range(0, len(texts), 512):
+        hits.extend(dense.retrieve([Query(text=t) for t in texts[s : s + 512]], k=k_mine))
+    positives: list[set[int]] = []
+    negatives: list[list[int]] = []
+    n_extra = 0
+    for t, o, hs in zip(texts, owners, hits, strict=True):
+        mined = [h.id for h in hs]
+        extra = positives_of(t, o, mined) if positives_of is not None else set()
+        n_extra += len(extra - {o})
+        pos = {row[o]} | {row[i] for i in extra}
+        positives.append(pos)
+        negatives.append([row[i] for i in mined if row[i] not in pos])
+    dense_emb = None
+    if dense_residual:
+        text_emb = torch.from_numpy(np.ascontiguousarray(encoder.encode_text(texts)))
+        image_emb = torch.from_numpy(
+            np.ascontiguousarray(encoder.encode_image([it.image for it in items]))
+        )
+        dense_emb = (text_emb.float(), image_emb.float())
+    return MinedData(items, image_tokens, texts, positives, negatives, dense_emb, n_extra)
 
 
 def train_qformer_reranker(
@@ -613,39 +702,22 @@ def train_qformer_reranker(
     Returns:
         The training record (timings, first and final loss, parameter count).
     """
-    from vistrieve.retrievers.dense import DenseRetriever
-
     t0 = time.perf_counter()
-    items = [it for it in corpus.values() if it.image is not None and it.captions]
-    if not items:
-        raise ValueError("the training corpus has no items with both an image and captions")
-    image_tokens = torch.cat(
-        [tokens_fn([it.image for it in items[s : s + 256]]) for s in range(0, len(items), 256)]
+    mined = mine_training_data(
+        encoder,
+        corpus,
+        tokens_fn,
+        k_mine=k_mine,
+        positives_of=positives_of,
+        dense_residual=dense_residual,
     )
-    row = {it.id: i for i, it in enumerate(items)}
-    texts = [c for it in items for c in it.captions]
-    owners = [it.id for it in items for _ in it.captions]
-    dense = DenseRetriever.build(encoder, {it.id: it for it in items}, index_captions=False)
-    hits: list[list[Hit]] = []
-    for s in range(0, len(texts), 512):
-        hits.extend(dense.retrieve([Query(text=t) for t in texts[s : s + 512]], k=k_mine))
-    positives: list[set[int]] = []
-    negatives: list[list[int]] = []
-    n_extra = 0
-    for t, o, hs in zip(texts, owners, hits, strict=True):
-        mined = [h.id for h in hs]
-        extra = positives_of(t, o, mined) if positives_of is not None else set()
-        n_extra += len(extra - {o})
-        pos = {row[o]} | {row[i] for i in extra}
-        positives.append(pos)
-        negatives.append([row[i] for i in mined if row[i] not in pos])
-    dense_emb = None
-    if dense_residual:
-        text_emb = torch.from_numpy(np.ascontiguousarray(encoder.encode_text(texts)))
-        image_emb = torch.from_numpy(
-            np.ascontiguousarray(encoder.encode_image([it.image for it in items]))
-        )
-        dense_emb = (text_emb.float(), image_emb.float())
+    image_tokens, texts, positives, negatives = (
+        mined.image_tokens,
+        mined.texts,
+        mined.positives,
+        mined.negatives,
+    )
+    dense_emb, n_extra, items = mined.dense, mined.extra_positives, mined.items
     t1 = time.perf_counter()
     vocab = TextVocabulary.build(tokenize, texts)
     model = QFormerCrossEncoder(
@@ -750,7 +822,11 @@ def train_shapes_qformer(
 
 
 def load_qformer_reranker(
-    directory: str | os.PathLike[str], corpus: Mapping[str, Item], **kw: Any
+    directory: str | os.PathLike[str],
+    corpus: Mapping[str, Item],
+    *,
+    adapter: str | os.PathLike[str] | None = None,
+    **kw: Any,
 ) -> QFormerReranker:
     """A saved shapes Q-Former reranker, with the embedded shapes-clip image tower (and its
     cosine as the dense anchor of a ``dense_residual`` model).
@@ -759,11 +835,18 @@ def load_qformer_reranker(
         directory: A directory written by :meth:`QFormerReranker.save`, or :data:`EMBEDDED`
             (``"embedded"``) for the copy that ships in the package.
         corpus: Items by id (candidate images come from here).
+        adapter: Output of ``vistrieve finetune reranker`` (a LoRA adapter, merged on
+            load, or full weights).
         **kw: :class:`QFormerReranker` options (``name``, ``batch_size``).
     """
     from vistrieve.encoders import create_encoder
 
     model, token_ids, name = QFormerReranker.load_model(directory)
+    if adapter is not None:
+        from vistrieve.training.finetune import adapter_digest, load_finetuned
+
+        model = load_finetuned(model, adapter, stage="reranker")  # type: ignore[assignment]
+        name = f"{name}+finetuned:{adapter_digest(adapter)}"
     encoder = create_encoder("shapes-clip", progress=False)
     vocab = TextVocabulary(encoder.tokenizer, token_ids)  # type: ignore[attr-defined]
     if model.config.dense_residual:

@@ -25,6 +25,7 @@ FAMILY_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "qformer": ["self_attn", "cross_attn", "mlp.0", "mlp.2"],
+    "bert": ["query", "value"],
 }
 """Default LoRA target modules (module-name suffixes) per model family."""
 
@@ -44,6 +45,8 @@ def model_family(model: nn.Module) -> str | None:
         return "llama"
     if "QFormerCrossEncoder" in names:
         return "qformer"
+    if model_type in ("bert", "roberta") or "BertLayer" in names:
+        return "bert"
     return None
 
 
@@ -111,6 +114,7 @@ def apply_lora(
     dropout: float = 0.0,
     target_modules: Sequence[str] | None = None,
     task_type: str | None = None,
+    modules_to_save: Sequence[str] | None = None,
 ) -> Any:
     """``model`` wrapped with peft LoRA adapters; only the adapters are trainable.
 
@@ -120,6 +124,8 @@ def apply_lora(
         target_modules: Module-name suffixes; default :data:`FAMILY_TARGETS` of the model's
             family (an unknown family needs explicit targets).
         task_type: peft task type for transformers LMs (``"CAUSAL_LM"``, ``"SEQ_2_SEQ_LM"``).
+        modules_to_save: Sub-modules (name suffixes) trained fully beside the adapters and
+            saved with them (projection heads, new embeddings).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -139,6 +145,7 @@ def apply_lora(
         lora_dropout=dropout,
         target_modules=chosen,
         task_type=task_type,
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
     )
     return get_peft_model(model, cfg)
 
