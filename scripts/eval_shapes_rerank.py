@@ -4,6 +4,8 @@ Usage::
 
     python scripts/eval_shapes_rerank.py --qformer runs/qformer --k 16 --split test \
         --out runs/eval-rerank
+    python scripts/eval_shapes_rerank.py --qformer runs/qformer --k 16 --split heldout \
+        --out runs/eval-rerank-heldout
 """
 
 from __future__ import annotations
@@ -17,17 +19,21 @@ from vistrieve.evals.runner import RetrievalEvaluator, evaluate
 from vistrieve.pipeline import RerankStage, RetrievalPipeline
 from vistrieve.rerankers.qformer import load_qformer_reranker
 from vistrieve.retrievers.dense import DenseRetriever
+from vistrieve.training.finetune_cli import shapes_heldout_corpora
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--qformer", default="runs/qformer")
     p.add_argument("--k", type=int, default=16, help="candidates reranked")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="test, val, or heldout (combinations)")
     p.add_argument("--out", default="runs/eval-rerank")
     args = p.parse_args()
-    world = ShapesWorld(seed=0)
-    corpus = world.corpus(args.split)
+    if args.split == "heldout":
+        # The held-out-combination split of `vistrieve finetune --data shapes-heldout`.
+        corpus = shapes_heldout_corpora()[2]
+    else:
+        corpus = ShapesWorld(seed=0).corpus(args.split)
     dense = DenseRetriever.build(create_encoder("shapes-clip", progress=False), corpus)
     rerank = load_qformer_reranker(args.qformer, corpus)
     methods = {

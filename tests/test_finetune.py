@@ -122,6 +122,13 @@ def test_early_stopping_keeps_the_best_step(tmp_path: Path) -> None:
     assert [h["step"] for h in result["history"]] == [0, 1, 2, 3]
 
 
+def test_keep_last_keeps_the_final_step_whatever_the_metric(tmp_path: Path) -> None:
+    task = _Toy(scores=[0.9, 0.5, 0.1])
+    task.keep_last = True
+    result = finetune(task, CFG, tmp_path, progress=False)
+    assert result["best_step"] == 4 and result["best"]["val_neg_mse"] == 0.1
+
+
 def test_bad_targets_and_rank_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="matches no adaptable layer.*'0', '2'"):
         finetune(_Toy(), FinetuneConfig(target_modules=("q_proj",)), tmp_path, progress=False)
@@ -342,3 +349,68 @@ def test_finetune_grace_two_steps_from_a_manifest(tmp_path: Path) -> None:
     from vistrieve.types import Query
 
     assert len(again.retrieve([Query(text=CAPTIONS[0])], k=3)[0]) == 3
+
+
+def test_finetune_hash_command_on_a_wiki_format_file(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    from tests.test_hashing import _toy
+
+    img, txt, labels = _toy(n=80, n_classes=4, dim_i=12, dim_t=8)
+    qi, qt, ql = _toy(n=24, n_classes=4, dim_i=12, dim_t=8, seed=1)
+    mat = tmp_path / "wiki.mat"
+    savemat(mat, {"I_tr": img, "T_tr": txt, "L_tr": labels.argmax(1)[:, None] + 1,
+                  "I_te": qi, "T_te": qt, "L_te": ql.argmax(1)[:, None] + 1})  # fmt: skip
+    argv = ["train", "hash", "--data", "wiki", "--path", str(mat), "--bits", "16",
+            "--d-model", "16", "--epochs", "1", "--out", str(tmp_path / "h"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out = tmp_path / "ft"
+    assert main(["finetune", "hash", "--base", str(tmp_path / "h" / "model"),
+                 "--data", f"wiki:{mat}", "--batch-size", "16", "--r", "4",
+                 "--out", str(out), *COMMON]) == 0  # fmt: skip
+    r = _result(out)
+    assert r["stage"] == "hash" and "val_hash_text_to_image_mAP@ALL" in r["frozen"]
+    assert r["command"].startswith("vistrieve finetune hash --base")
+
+
+def test_finetune_grace_on_the_shapes_images_it_indexes(tmp_path: Path) -> None:
+    g = tmp_path / "grace"
+    assert main(["train", "grace", "--scheme", "numeric", "--n-images", "12", "--memorise-steps",
+                 "4", "--retrieve-steps", "4", "--batch-size", "8", "--beams", "4",
+                 "--out", str(g)]) == 0  # fmt: skip
+    out = tmp_path / "ft"
+    argv = ["finetune", "grace", "--base", str(g / "model"), "--n-val", "4", "--batch-size", "8",
+            "--out", str(out), *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    r = _result(out)
+    # New pseudo-queries (up to 4 per image, never the image's own captions) train; the
+    # images' first captions validate.
+    assert r["data"]["val_pairs"] == 4 and 12 <= r["data"]["train_pairs"] <= 48
+
+
+@pytest.mark.parametrize("mode", ["lora", "heads-only"])
+def test_lit_stage_trains_tower_adapters_and_heads(mode: str, tmp_path: Path) -> None:
+    from tests.test_lit import _tiny_text_tower, _TinyImageTower
+    from vistrieve.encoders import apply_encoder_adapter
+    from vistrieve.encoders.lit import LitEncoder, LitHeads
+    from vistrieve.training.tasks import LitFinetuneTask
+
+    def encoder() -> LitEncoder:
+        torch.manual_seed(0)
+        return LitEncoder(_TinyImageTower(), _tiny_text_tower(), LitHeads(16, 32, 8), None)
+
+    rng = np.random.default_rng(0)
+    caps = ["a dog runs on grass", "a cat on beach", "a dog on beach", "a cat runs"] * 3
+    data = (rng.normal(size=(12, 16)).astype(np.float32), caps, np.arange(12))
+    task = LitFinetuneTask(encoder(), data, data, data, fresh_heads=True,
+                           tune_tower=mode == "lora")  # fmt: skip
+    cfg = FinetuneConfig(steps=3, eval_every=1, batch_size=6, r=2, lr=1e-2,
+                         method="lora" if mode == "lora" else "full")  # fmt: skip
+    r = finetune(task, cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)["trainable"]
+    assert any("heads" in k for k in state)
+    assert any("lora_" in k for k in state) == (mode == "lora")
+    assert not any("tower" in k and "lora_" not in k for k in state)  # the tower stays frozen
+    tuned = apply_encoder_adapter(encoder(), r["artefact"])
+    emb = tuned.encode_text(caps[:2])
+    assert emb.shape == (2, 8) and "+finetuned:" in tuned.name

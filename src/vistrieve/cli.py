@@ -115,6 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- train
 def cmd_train_shapes_clip(args: argparse.Namespace) -> int:
+    from vistrieve.training.finetune_cli import HELDOUT_COMBOS
     from vistrieve.training.shapes_clip import train_shapes_clip
 
     result = train_shapes_clip(
@@ -125,6 +126,7 @@ def cmd_train_shapes_clip(args: argparse.Namespace) -> int:
         install=args.install,
         checkpoint_dir=args.checkpoint_dir,
         val_every=args.val_every,
+        holdout_combos=HELDOUT_COMBOS if args.holdout_combos else (),
     )
     _out(json.dumps(result, indent=2))
     return 0
@@ -209,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-dir", help="resumable checkpoints (default: OUT/checkpoints)")
     t.add_argument("--val-every", type=int, default=5, help="validate every N epochs (0: never)")
     t.add_argument("--install", action="store_true", help="copy the weights into the package")
+    t.add_argument(
+        "--holdout-combos",
+        action="store_true",
+        help="keep the six held-out colour-shape pairs out of training (shapes-heldout base)",
+    )
     t.set_defaults(func=cmd_train_shapes_clip)
 
     from vistrieve.hashing.train import add_arguments as add_hash_arguments

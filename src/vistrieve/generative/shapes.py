@@ -134,7 +134,15 @@ def train_shapes_grace(
     retriever.save(Path(out) / "model")
     report = evaluate(
         {f"grace-{scheme}": retriever},
-        [RetrievalEvaluator(corpus, name=f"shapes-{split}", image_to_text=False)],
+        # R@K is defined only for K <= beams.
+        [
+            RetrievalEvaluator(
+                corpus,
+                name=f"shapes-{split}",
+                image_to_text=False,
+                ks=tuple(k for k in (1, 5, 10) if k <= num_beams) or (num_beams,),
+            )
+        ],
         title=f"GRACE ({scheme} identifiers) on the shapes {split} split",
     )
     report.save(Path(out) / "eval")

@@ -119,6 +119,8 @@ class FinetuneTask(ABC):
             ``modules_to_save``), e.g. projection heads.
         default_targets: LoRA targets when the config names none (None: the model
             family's defaults, :data:`~vistrieve.training.lora.FAMILY_TARGETS`).
+        keep_last: Keep the last evaluated step instead of the best one (for data with no
+            validation split independent of the base model's training).
     """
 
     stage: ClassVar[str]
@@ -127,6 +129,7 @@ class FinetuneTask(ABC):
     lora_task_type: str | None = None
     modules_to_save: list[str] | None = None
     default_targets: list[str] | None = None
+    keep_last: bool = False
 
     @abstractmethod
     def batch(self, rng: np.random.Generator, batch_size: int) -> Any:
@@ -139,6 +142,10 @@ class FinetuneTask(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Validation metrics of ``model`` (must contain :attr:`metric`)."""
+
+    def trainable(self, name: str) -> bool:
+        """Whether full fine-tuning trains parameter ``name`` (default: every one)."""
+        return True
 
     def base_spec(self) -> dict[str, Any]:
         """How to rebuild the base model; saved beside the adapter."""
@@ -175,10 +182,10 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def prepare_model(task: FinetuneTask, config: FinetuneConfig) -> nn.Module:
     """``task.model`` with LoRA adapters (only they and ``modules_to_save`` train) or, for
-    ``method="full"``, with every parameter trainable."""
+    ``method="full"``, with every parameter trainable that ``task.trainable`` allows."""
     if config.method == "full":
-        for p in task.model.parameters():
-            p.requires_grad_(True)
+        for name, p in task.model.named_parameters():
+            p.requires_grad_(task.trainable(name))
         return task.model
     from vistrieve.training.lora import apply_lora
 
@@ -437,7 +444,7 @@ def finetune(
     def consider(record: dict[str, Any]) -> None:
         nonlocal stale
         value = float(record[task.metric])
-        if value > best["value"]:
+        if value > best["value"] or task.keep_last:
             best.update(
                 value=value,
                 step=record["step"],

@@ -72,7 +72,7 @@ def _shapes_vocabulary() -> list[str]:
 
 # ------------------------------------------------------------------------------- clip
 def clip_task(args: argparse.Namespace) -> FinetuneTask:
-    """The ``clip`` stage: ``--base`` an encoder spec (shapes-clip, clip-tiny-test,
+    """The ``clip`` stage: ``--base`` an encoder spec (shapes-clip[:WEIGHTS], clip-tiny-test,
     open_clip:ARCH[:PRETRAINED], lit:HEADS_DIR), ``--data`` shapes | shapes-heldout |
     flickr8k:DIR | manifest:PATH (with ``--val manifest:PATH``)."""
     from vistrieve.encoders import create_encoder
@@ -89,6 +89,8 @@ def clip_task(args: argparse.Namespace) -> FinetuneTask:
             pretrained=parts[2] if len(parts) > 2 else None,
             progress=False,
         )
+    elif base.startswith("shapes-clip:"):
+        encoder = create_encoder("shapes-clip", path=base[12:], progress=False)
     else:
         encoder = create_encoder(base, progress=False)
     train, val, test = _pair_data(args)
@@ -135,7 +137,7 @@ def _lit_task(heads_dir: str, args: argparse.Namespace) -> FinetuneTask:
     encoder = create_encoder("lit", heads=heads_dir, progress=False)
     corpus = load_flickr8k(args.data[9:])
     train, test = split_by_image(corpus, 800, seed=0)  # the LiT baseline's split
-    cache = Path(args.out) / "features"
+    cache = Path(heads_dir) / "features"  # shared by every run on these heads
 
     def triple(c: Any, rows: Any = None) -> tuple[Any, list[str], Any]:
         img, _, t2i = cached_features(encoder, c, cache)  # type: ignore[arg-type]
@@ -150,10 +152,28 @@ def _lit_task(heads_dir: str, args: argparse.Namespace) -> FinetuneTask:
             np.array([new[int(t2i[k])] for k in keep], dtype=np.int64),
         )
 
-    # 100 of the 800 training images validate (as the baseline chose its epochs).
     perm = np.random.default_rng(1).permutation(len(train))
-    tr, va = np.sort(perm[100:]), np.sort(perm[:100])
-    return LitFinetuneTask(encoder, triple(train, tr), triple(train, va), triple(test))
+    tr, va = np.sort(perm[args.n_val :]), np.sort(perm[: args.n_val])
+    if args.fresh_heads:
+        # Heads and adapters start afresh: 700 images train, 100 unseen ones select the step.
+        return LitFinetuneTask(
+            encoder,
+            triple(train, tr),
+            triple(train, va),
+            triple(test),
+            fresh_heads=True,
+            tune_tower=not args.frozen_tower,
+        )
+    # The saved heads were trained on all 800 training images, so no image outside the test
+    # split is unseen by them: the validation images are only monitored; the last step is kept.
+    return LitFinetuneTask(
+        encoder,
+        triple(train),
+        triple(train, va),
+        triple(test),
+        keep_last=True,
+        tune_tower=not args.frozen_tower,
+    )
 
 
 # ------------------------------------------------------------------------------- rewriter
@@ -271,7 +291,7 @@ def grace_task(args: argparse.Namespace) -> FinetuneTask:
 
         world = ShapesWorld(seed=0)
         corpus = None
-        for split in world.splits:
+        for split in ("test", "val", "train"):  # `vistrieve train grace` indexes test
             c = world.corpus(split)
             if set(retriever.identifiers.by_item) <= set(c.ids):
                 corpus = c.subset(list(retriever.identifiers.by_item))
@@ -351,6 +371,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--hard-negatives",
             action="store_true",
             help="clip: add attribute-swapped captions as negatives",
+        )
+        p.add_argument(
+            "--fresh-heads",
+            action="store_true",
+            help="clip, lit base: start from new heads; --n-val training images select",
+        )
+        p.add_argument(
+            "--frozen-tower",
+            action="store_true",
+            help="clip, lit base, --method full: train the heads only (the control)",
         )
         p.add_argument("--out", required=True, help="output directory")
         p.add_argument("--no-resume", action="store_true", help="ignore an earlier checkpoint")

@@ -63,6 +63,7 @@ def train_shapes_clip(
     batch_size: int = 256,
     lr: float = 1e-3,
     val_every: int = 5,
+    holdout_combos: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
     """Train the shapes-world CLIP and save it as ``OUT/shapes-clip.safetensors``.
 
@@ -76,6 +77,8 @@ def train_shapes_clip(
         batch_size: Pairs per step.
         lr: Peak learning rate.
         val_every: Evaluate on the validation split every this many epochs (0 = never).
+        holdout_combos: Colour-shape pairs kept out of training (a base model for the
+            held-out-combination experiments); ``install`` is refused with any.
 
     Returns:
         The recipe, test metrics, parameter count and wall time.
@@ -86,10 +89,12 @@ def train_shapes_clip(
     from vistrieve.encoders.embedded import WEIGHTS_DIR, save_compact_clip
     from vistrieve.encoders.open_clip import OpenClipEncoder, register_open_clip_presets
 
+    if install and holdout_combos:
+        raise ValueError("the embedded model is trained on every combination; drop install")
     t0 = time.perf_counter()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    world = ShapesWorld(seed=seed, n_train=n_train)
+    world = ShapesWorld(seed=seed, n_train=n_train, holdout_combos=holdout_combos)
     register_open_clip_presets()
     torch.manual_seed(seed)
     model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=None)
@@ -122,6 +127,8 @@ def train_shapes_clip(
     for row in tokenizer(shapes_vocabulary_texts(world)):
         used.update(int(t) for t in row.tolist())
     recipe = f"vistrieve train shapes-clip --epochs {epochs} --n-train {n_train} --seed {seed}"
+    if holdout_combos:
+        recipe += " --holdout-combos"
     meta = {
         "recipe": recipe,
         "world": world.config.to_dict(),

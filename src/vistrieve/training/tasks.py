@@ -186,6 +186,11 @@ class LitFinetuneTask(FinetuneTask):
         encoder: A :class:`~vistrieve.encoders.lit.LitEncoder` with trained heads.
         train, val, test: ``(image_features, captions, caption_to_image)`` triples: frozen
             image-tower features, caption strings and the image row of each caption.
+        keep_last: Keep the last step rather than the best on ``val`` (when ``val`` is not
+            independent of the heads' training).
+        fresh_heads: Start from newly initialised heads (seeded) instead of the encoder's.
+        tune_tower: Whether full fine-tuning (``method="full"``) trains the text tower; with
+            False it trains the heads alone: the LiT recipe, as a same-loop control.
     """
 
     stage = "clip"
@@ -199,9 +204,24 @@ class LitFinetuneTask(FinetuneTask):
         train: tuple[np.ndarray, list[str], np.ndarray],
         val: tuple[np.ndarray, list[str], np.ndarray],
         test: tuple[np.ndarray, list[str], np.ndarray] | None = None,
+        *,
+        keep_last: bool = False,
+        fresh_heads: bool = False,
+        tune_tower: bool = True,
+        seed: int = 0,
     ) -> None:
+        from vistrieve.encoders.lit import LitHeads
+
         self.encoder = encoder
-        self.model = _LitTextSide(encoder.text_tower, encoder.heads)
+        self.keep_last = keep_last
+        self.tune_tower = tune_tower
+        heads = encoder.heads
+        if fresh_heads:
+            torch.manual_seed(seed)
+            cfg = heads.config
+            heads = LitHeads(cfg["image_dim"], cfg["text_dim"], cfg["embed_dim"])
+            encoder.heads = heads
+        self.model = _LitTextSide(encoder.text_tower, heads)
         self.train, self.val, self.test = train, val, test
         t2i = torch.from_numpy(train[2])
         self.by_image = [torch.nonzero(t2i == i).flatten().tolist() for i in range(len(train[0]))]
@@ -249,6 +269,9 @@ class LitFinetuneTask(FinetuneTask):
         if self.test is not None:
             out.update(self._metrics(model, self.test, "test_"))
         return out
+
+    def trainable(self, name: str) -> bool:
+        return self.tune_tower or name.startswith("heads.")
 
     def base_spec(self) -> dict[str, Any]:
         return dict(getattr(self.encoder, "spec", {}) or {"name": self.encoder.name})
