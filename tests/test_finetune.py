@@ -362,7 +362,8 @@ def test_finetune_hash_command_on_a_wiki_format_file(tmp_path: Path) -> None:
     savemat(mat, {"I_tr": img, "T_tr": txt, "L_tr": labels.argmax(1)[:, None] + 1,
                   "I_te": qi, "T_te": qt, "L_te": ql.argmax(1)[:, None] + 1})  # fmt: skip
     argv = ["train", "hash", "--data", "wiki", "--path", str(mat), "--bits", "16",
-            "--d-model", "16", "--epochs", "1", "--out", str(tmp_path / "h"), "--no-progress"]  # fmt: skip
+            "--d-model", "16", "--epochs", "1", "--out", str(tmp_path / "h"),
+            "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     out = tmp_path / "ft"
     assert main(["finetune", "hash", "--base", str(tmp_path / "h" / "model"),
