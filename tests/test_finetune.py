@@ -415,3 +415,35 @@ def test_lit_stage_trains_tower_adapters_and_heads(mode: str, tmp_path: Path) ->
     tuned = apply_encoder_adapter(encoder(), r["artefact"])
     emb = tuned.encode_text(caps[:2])
     assert emb.shape == (2, 8) and "+finetuned:" in tuned.name
+
+
+def test_rewriter_labels_cover_exactly_the_answer_and_dialog_pairs() -> None:
+    from vistrieve.data.shapes import ShapesWorld
+    from vistrieve.query_rewriting.prompts import DIALOG_SUMMARY
+    from vistrieve.training.tasks import RewritePair, RewriterFinetuneTask, shapes_dialog_pairs
+
+    world = ShapesWorld(seed=0, n_train=0, n_val=0, n_test=20, n_dialogs=3, dialog_rounds=2)
+    pairs = shapes_dialog_pairs(world, "test")
+    dialogs = world.dialogs("test").examples
+    assert len(pairs) == 2 * len(dialogs)
+    first = dialogs[0]
+    assert pairs[1].caption == first.caption and pairs[1].instruction.count("Q: ") == 2
+    assert pairs[1].edited == world.dialogs("test").corpus[first.target_id].captions[0]
+
+    model, tok = _tiny_llama()
+    pair = RewritePair("a red circle", "make it blue", "a blue circle")
+    task = RewriterFinetuneTask(model, tok, [pair], val_pairs=[RewritePair("a", "b", "c")])
+    ids, mask, labels = task.encode(task.pairs)
+    answer = labels[0][labels[0] != -100].tolist()
+    assert answer == tok("Edited Description: a blue circle", add_special_tokens=False)[
+        "input_ids"
+    ] + [tok.eos_token_id]
+    assert ids[0, -len(answer) :].tolist() == answer and int(mask.sum()) == ids.shape[1]
+    task = RewriterFinetuneTask(
+        model, tok, pairs, val_pairs=pairs[:1], prompt=DIALOG_SUMMARY,
+        answer_field="Description", field_names=("caption", "dialog"),
+    )  # fmt: skip
+    ids, _, labels = task.encode(pairs[:1])
+    text = tok.decode(labels[0][labels[0] != -100].tolist()[:1])
+    assert text == "Description" or text.startswith("<unk>")  # the word-level test vocabulary
+    assert 0.0 <= task.evaluate(model)["val_token_accuracy"] <= 1.0

@@ -179,8 +179,10 @@ def _lit_task(heads_dir: str, args: argparse.Namespace) -> FinetuneTask:
 # ------------------------------------------------------------------------------- rewriter
 def rewriter_task(args: argparse.Namespace) -> FinetuneTask:
     """The ``rewriter`` stage: ``--base smollm2[:DIR]`` or a transformers causal LM name or
-    path; ``--data shapes`` (train-split composed triplets, captioned references) or
-    ``manifest:PAIRS.jsonl`` (``--val`` another JSONL for token accuracy)."""
+    path; ``--data shapes`` (train-split composed triplets, captioned references),
+    ``shapes-dialogs`` (dialog -> description pairs for the dialog-summary prompt) or
+    ``manifest:PAIRS.jsonl`` (``--val`` another JSONL for token accuracy; ``--prompt
+    dialog-summary`` reads ``instruction`` as the dialog)."""
     from vistrieve.query_rewriting.llm import HFChatLLM, load_smollm2
     from vistrieve.training.tasks import (
         RewriterFinetuneTask,
@@ -193,7 +195,16 @@ def rewriter_task(args: argparse.Namespace) -> FinetuneTask:
         llm = load_smollm2(base[8:] or None)
     else:
         llm = HFChatLLM.from_pretrained(base)
-    if args.data == "shapes":
+    from vistrieve.query_rewriting.prompts import CIREVL, DIALOG_SUMMARY
+
+    dialog = args.prompt == "dialog-summary" or args.data == "shapes-dialogs"
+    if args.data == "shapes-dialogs":
+        from vistrieve.data.shapes import ShapesWorld
+        from vistrieve.training.tasks import shapes_dialog_pairs
+
+        pairs = shapes_dialog_pairs(ShapesWorld(seed=0, n_dialogs=args.n_train or 1000), "train")
+        val = shapes_dialog_pairs(ShapesWorld(seed=0), "val")[: args.n_val]
+    elif args.data == "shapes":
         from vistrieve.data.shapes import ShapesWorld
         from vistrieve.encoders import create_encoder
         from vistrieve.query_rewriting.captioner import load_shapes_captioner
@@ -209,8 +220,23 @@ def rewriter_task(args: argparse.Namespace) -> FinetuneTask:
             raise ValueError("--data manifest:PATH needs --val manifest:PATH (held-out pairs)")
         val = read_rewrite_pairs(args.val.removeprefix("manifest:"))
     else:
-        raise ValueError(f"unknown --data {args.data!r}; use shapes or manifest:PAIRS.jsonl")
-    return RewriterFinetuneTask(llm.model, llm.tokenizer, pairs, val_pairs=val, name=llm.name)
+        raise ValueError(
+            f"unknown --data {args.data!r}; use shapes, shapes-dialogs or manifest:PAIRS.jsonl"
+        )
+    if dialog:
+        return RewriterFinetuneTask(
+            llm.model,
+            llm.tokenizer,
+            pairs,
+            val_pairs=val,
+            name=llm.name,
+            prompt=DIALOG_SUMMARY,
+            answer_field="Description",
+            field_names=("caption", "dialog"),
+        )
+    return RewriterFinetuneTask(
+        llm.model, llm.tokenizer, pairs, val_pairs=val, name=llm.name, prompt=CIREVL
+    )
 
 
 # ------------------------------------------------------------------------------- reranker

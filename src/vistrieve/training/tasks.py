@@ -342,9 +342,25 @@ def shapes_rewrite_pairs(
     ]
 
 
+def shapes_dialog_pairs(world: Any, split: str) -> list[RewritePair]:
+    """Dialog-summary pairs from a shapes split's scripted dialogs: for every dialog and
+    every round r >= 1, (the opening caption, the first r question/answer rounds, the
+    target image's first caption). Use with ``prompt=DIALOG_SUMMARY``."""
+    from vistrieve.query_rewriting.chat import _format_dialog
+
+    data = world.dialogs(split)
+    pairs = []
+    for d in data.examples:
+        target = data.corpus[d.target_id].captions[0]
+        for r in range(1, len(d.turns) + 1):
+            pairs.append(RewritePair(d.caption, _format_dialog(d.turns[:r]), target))
+    return pairs
+
+
 class RewriterFinetuneTask(FinetuneTask):
-    """Supervised fine-tuning of a causal chat LM on the CIReVL prompt: the loss covers the
-    answer tokens ("Edited Description: ...") only.
+    """Supervised fine-tuning of a causal chat LM on a rewriting prompt (CIReVL by default;
+    ``DIALOG_SUMMARY`` for dialog summaries): the loss covers the answer tokens
+    (``"<answer_field>: ..."``) only.
 
     Args:
         model, tokenizer: The chat LM (SmolLM2 by default) and its tokenizer.
@@ -354,6 +370,8 @@ class RewriterFinetuneTask(FinetuneTask):
             token accuracy of the answers of ``val_pairs`` (teacher forced).
         val_pairs: Pairs for the default evaluation.
         name: The base model's name (recorded with the adapter).
+        prompt: The prompt template; a pair's ``caption`` and ``instruction`` fill its two
+            fields (``field_names``), its ``edited`` text follows ``answer_field``.
     """
 
     stage = "rewriter"
@@ -370,7 +388,12 @@ class RewriterFinetuneTask(FinetuneTask):
         metric: str = "val_token_accuracy",
         name: str = "",
         max_length: int = 256,
+        prompt: Any = None,
+        answer_field: str = "Edited Description",
+        field_names: tuple[str, str] = ("caption", "modification"),
     ) -> None:
+        from vistrieve.query_rewriting.prompts import CIREVL
+
         if not pairs:
             raise ValueError("no rewriter training pairs")
         if evaluate_fn is None and not val_pairs:
@@ -383,6 +406,9 @@ class RewriterFinetuneTask(FinetuneTask):
         self.metric = metric
         self.name = name
         self.max_length = max_length
+        self.prompt = prompt or CIREVL
+        self.answer_field = answer_field
+        self.field_names = field_names
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -390,19 +416,18 @@ class RewriterFinetuneTask(FinetuneTask):
         self, pairs: Sequence[RewritePair]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, labels) with labels only on the answer tokens."""
-        from vistrieve.query_rewriting.prompts import CIREVL
-
         tok = self.tokenizer
         rows, labels = [], []
+        a_name, b_name = self.field_names
         for p in pairs:
-            msgs = CIREVL.messages(caption=p.caption, modification=p.instruction)
+            msgs = self.prompt.messages(**{a_name: p.caption, b_name: p.instruction})
             if getattr(tok, "chat_template", None):
                 prompt = str(
                     tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
                 )
             else:
                 prompt = "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
-            answer = f"Edited Description: {p.edited}"
+            answer = f"{self.answer_field}: {p.edited}"
             a = tok(prompt, add_special_tokens=False)["input_ids"]
             b = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             ids = (a + b)[-self.max_length :]
