@@ -447,3 +447,24 @@ def test_rewriter_labels_cover_exactly_the_answer_and_dialog_pairs() -> None:
     text = tok.decode(labels[0][labels[0] != -100].tolist()[:1])
     assert text == "Description" or text.startswith("<unk>")  # the word-level test vocabulary
     assert 0.0 <= task.evaluate(model)["val_token_accuracy"] <= 1.0
+
+
+def test_two_process_data_parallel_run_on_cpu(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "ddp"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "vistrieve.cli", "finetune", "clip",
+           "--base", "clip-tiny-test", "--n-train", "24", "--n-val", "8", "--n-test", "8",
+           "--batch-size", "8", "--out", str(out), *COMMON]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = _result(out)
+    assert r["processes"] == 2 and len(r["history"]) == 3
+    assert proc.stdout.count('"processes": 2') == 1  # only the main process reports

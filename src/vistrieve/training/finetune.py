@@ -524,6 +524,7 @@ def finetune(
         "stopped_early": stopped_early,
         "seconds": time.perf_counter() - t0,
         "torch_threads": torch.get_num_threads(),
+        "processes": acc.num_processes,
         "artefact": str(artefact),
         "history": history,
     }

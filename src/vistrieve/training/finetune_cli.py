@@ -441,7 +441,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``vistrieve finetune STAGE``: prints a summary of the result as JSON."""
+    import os
+
     result = run(args)
-    summary = {k: v for k, v in result.items() if k != "history"}
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary under a distributed launcher
+        summary = {k: v for k, v in result.items() if k != "history"}
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
