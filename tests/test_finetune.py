@@ -460,8 +460,8 @@ def test_two_process_data_parallel_run_on_cpu(tmp_path: Path) -> None:
         pytest.skip("torchrun not installed")
     out = tmp_path / "ddp"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "vistrieve.cli",
-           "finetune", "clip", "--base", "clip-tiny-test", "--n-train", "24", "--n-val", "8", "--n-test", "8",
-           "--batch-size", "8", "--out", str(out), *COMMON]  # fmt: skip
+           "finetune", "clip", "--base", "clip-tiny-test", "--n-train", "24", "--n-val", "8",
+           "--n-test", "8", "--batch-size", "8", "--out", str(out), *COMMON]  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
