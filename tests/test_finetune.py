@@ -282,6 +282,12 @@ def test_finetune_rewriter_two_steps_from_a_manifest(tmp_path: Path, capsys: Any
     llm = HFChatLLM.from_pretrained(tmp_path / "lm", adapter=out / "adapter")
     assert "+finetuned:" in llm.name and isinstance(llm.complete([{"role": "user",
                                                           "content": "a"}]), str)  # fmt: skip
+    dialogs = ["finetune", "rewriter", "--base", str(tmp_path / "lm"), "--data", "shapes-dialogs",
+               "--n-train", "3", "--n-val", "2", "--batch-size", "2", "--out",
+               str(tmp_path / "dlg"), *COMMON]  # fmt: skip
+    assert main(dialogs) == 0
+    got = _result(tmp_path / "dlg")["data"]  # one pair per round of 3 dialogs (<= 5 rounds)
+    assert got["val_pairs"] == 2 and 3 <= got["train_pairs"] <= 15
     (tmp_path / "bad.jsonl").write_text('{"caption": "a", "instruction": "b"}\n')
     argv[5] = f"manifest:{tmp_path / 'bad.jsonl'}"
     assert main(argv) == 2

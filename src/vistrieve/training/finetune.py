@@ -16,8 +16,9 @@ Output directory::
     OUT/metrics.jsonl       one line per evaluation (also logged)
     OUT/result.json         frozen vs best metrics, parameter counts, wall time
 
-Under data parallelism every process draws its own random batches (the sampling stream is
-seeded with the seed and the process index), so ``batch_size`` is per process.
+Under data parallelism every process draws its own random batches (each batch is drawn from
+a stream seeded with the seed, the process index and the step), so ``batch_size`` is per
+process.
 """
 
 from __future__ import annotations
@@ -381,8 +382,9 @@ def finetune(
         lr=config.lr,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps, config.steps))
-    wrapper, opt, sched = acc.prepare(wrapper, opt, sched)
-    rng = np.random.default_rng([config.seed, acc.process_index])
+    # The scheduler stays outside accelerate: its wrapper would step it once per process,
+    # and a step here is one optimiser step whatever the number of processes.
+    wrapper, opt = acc.prepare(wrapper, opt)
     history: list[dict[str, Any]] = []
     start = 0
     best: dict[str, Any] = {"value": -float("inf"), "step": -1, "metrics": {}}
@@ -395,7 +397,6 @@ def finetune(
             )
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = json.loads(state["rng"])
         start, history, stale = int(state["step"]), list(state["history"]), int(state["stale"])
         best = json.loads(state["best"])
         logger.info("resumed %s fine-tuning from %s at step %d", task.stage, ckpt, start)
@@ -429,7 +430,6 @@ def finetune(
                 "trainable": _trainable_state(inner),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
-                "rng": json.dumps(rng.bit_generator.state),
                 "step": step,
                 "history": history,
                 "stale": stale,
@@ -478,7 +478,10 @@ def finetune(
     losses: list[float] = []
     stopped_early = False
     for step in bar:
-        for _ in range(config.grad_accum):
+        for micro in range(config.grad_accum):
+            # Batches depend only on (seed, process, step, micro-batch): a resumed run draws
+            # what an uninterrupted one would, and every process draws its own.
+            rng = np.random.default_rng([config.seed, acc.process_index, step, micro])
             with acc.accumulate(wrapper):
                 with acc.autocast():
                     loss = wrapper(task.batch(rng, config.batch_size))
@@ -490,8 +493,9 @@ def finetune(
                 acc.backward(loss)
                 if acc.sync_gradients and config.grad_clip > 0:
                     acc.clip_grad_norm_(wrapper.parameters(), config.grad_clip)
-                opt.step()
-                sched.step()
+                opt.step()  # accelerate skips it until the last micro-batch
+                if acc.sync_gradients:
+                    sched.step()
                 opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")

@@ -408,6 +408,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             action="store_true",
             help="clip, lit base, --method full: train the heads only (the control)",
         )
+        p.add_argument(
+            "--prompt",
+            choices=["cirevl", "dialog-summary"],
+            default="cirevl",
+            help="rewriter: the prompt the LM learns to answer",
+        )
         p.add_argument("--out", required=True, help="output directory")
         p.add_argument("--no-resume", action="store_true", help="ignore an earlier checkpoint")
         p.add_argument("--no-progress", action="store_true")
