@@ -358,6 +358,14 @@ TASKS: dict[str, Callable[[argparse.Namespace], FinetuneTask]] = {
     "grace": grace_task,
 }
 
+_HELP = {
+    "clip": "a dual encoder: open_clip (shapes-clip, any architecture) or the LiT baseline",
+    "hash": "a trained CMSEH hash model",
+    "reranker": "the Q-Former cross-encoder reranker",
+    "rewriter": "a causal chat LM as the CIReVL or dialog-summary rewriter",
+    "grace": "a GRACE generative retriever's language model",
+}
+
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "clip": {"base": "shapes-clip", "data": "shapes-heldout"},
     "reranker": {"data": "shapes-heldout"},
@@ -370,11 +378,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``finetune`` sub-commands to ``parser``."""
     sub = parser.add_subparsers(dest="stage", required=True)
     for stage in STAGES:
-        p = sub.add_parser(
-            stage,
-            help=(TASKS[stage].__doc__ or "").split("\n")[0],
-            description=TASKS[stage].__doc__,
-        )
+        doc = " ".join((TASKS[stage].__doc__ or "").replace("``", "'").split())
+        p = sub.add_parser(stage, help=_HELP[stage], description=doc)
         d = _DEFAULTS.get(stage, {})
         p.add_argument(
             "--base",
