@@ -56,7 +56,7 @@ def test_embedded_model_ships_and_separates_captions() -> None:
 def test_demo_runs_offline(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--n-test", "60"]) == 0
     out = capsys.readouterr().out
-    for section in ("text -> image", "image -> image", "composed", "R@1", "R@10"):
+    for section in ("text -> image", "image -> image", "composed", "reranking", "R@1", "R@10"):
         assert section in out
 
 
@@ -88,3 +88,19 @@ def test_demo_says_how_to_get_the_llm_when_absent(
     monkeypatch.setattr(llm_mod, "find_smollm2", missing)
     assert main(["demo", "--n-test", "60"]) == 0
     assert "LLM sections skipped: SmolLM2 not found" in capsys.readouterr().out
+
+
+def test_demo_rerank_section_shows_a_correction_and_the_measured_effect() -> None:
+    from vistrieve.data.shapes import ShapesWorld
+    from vistrieve.demo import _rerank_section
+    from vistrieve.encoders import create_encoder
+    from vistrieve.retrievers.dense import DenseRetriever
+
+    corpus = ShapesWorld(seed=0, n_train=0, n_val=0, n_test=80).corpus("test")
+    retriever = DenseRetriever.build(create_encoder("shapes-clip", progress=False), corpus)
+    lines: list[str] = []
+    _rerank_section(lines.append, corpus, retriever)
+    text = "\n".join(lines)
+    assert "Q-Former, weighted fusion" in text and "pairs scored" in text
+    corrected = int(text.split("corrected ")[1].split(",")[0])
+    assert ("first stage:" in text) == (corrected > 0)  # an example only when one exists

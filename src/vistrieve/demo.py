@@ -73,9 +73,10 @@ def _llm_sections(write: Writer, world: Any, corpus: Any, retriever: Any, exampl
         write(f'   agent: "{reply.question}"')
 
 
-def _rerank_section(write: Writer, corpus: Any, retriever: Any, *, n: int = 200) -> None:
+def _rerank_section(write: Writer, corpus: Any, retriever: Any, *, n: int | None = None) -> None:
     """First stage -> the shipped Q-Former reranker (weighted fusion over the top 16): one
-    query the reranker corrects, and its measured effect over ``n`` captions."""
+    query the reranker corrects, and its measured effect over the first caption of ``n``
+    images (default all)."""
     from vistrieve.pipeline import RerankStage, RetrievalPipeline
     from vistrieve.rerankers.qformer import EMBEDDED, load_qformer_reranker
     from vistrieve.types import Query
