@@ -572,3 +572,22 @@ def test_create_index_specs() -> None:
     assert create_index(ready, 8) is ready
     with pytest.raises(ValueError, match="dim 8"):
         create_index(ready, 16)
+
+
+def test_atomic_writes_get_ordinary_permissions_even_from_replacing_writers(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    from vistrieve.utils.io import atomic_write
+
+    def replacing_writer(p: Path) -> None:  # writes elsewhere, then replaces the given file
+        other = p.with_suffix(".other")
+        other.write_bytes(b"x")
+        os.chmod(other, 0o600)
+        os.replace(other, p)
+
+    atomic_write(tmp_path / "f.bin", replacing_writer)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "f.bin").st_mode & 0o777 == 0o666 & ~umask

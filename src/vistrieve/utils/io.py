@@ -50,11 +50,12 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], object])
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        # mkstemp creates 0600 files; give the file the permissions a plain open() would.
+        writer(tmp)
+        # mkstemp creates 0600 files (and some writers, safetensors among them, replace the
+        # file they are given); give the result the permissions a plain open() would.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        writer(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
