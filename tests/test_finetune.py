@@ -474,3 +474,20 @@ def test_two_process_data_parallel_run_on_cpu(tmp_path: Path) -> None:
     r = _result(out)
     assert r["processes"] == 2 and len(r["history"]) == 3
     assert proc.stdout.count('"processes": 2') == 1  # only the main process reports
+
+
+def test_finetune_reranker_from_user_manifests(tmp_path: Path) -> None:
+    from vistrieve.data.shapes import ShapesWorld
+
+    world = ShapesWorld(seed=3, n_train=12, n_val=6, n_test=0, n_composed=0, n_dialogs=0)
+    world.export("train", tmp_path / "tr")
+    world.export("val", tmp_path / "va")
+    out = tmp_path / "rr"
+    argv = ["finetune", "reranker", "--base", "embedded",
+            "--data", f"manifest:{tmp_path / 'tr' / 'manifest.jsonl'}",
+            "--val", f"manifest:{tmp_path / 'va' / 'manifest.jsonl'}",
+            "--batch-size", "4", "--out", str(out), *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    r = _result(out)
+    assert r["data"]["train_images"] >= 12 and r["data"]["val_images"] >= 6
+    assert "val_rerank_R@1" in r["best"]

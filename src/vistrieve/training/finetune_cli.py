@@ -242,27 +242,32 @@ def rewriter_task(args: argparse.Namespace) -> FinetuneTask:
 # ------------------------------------------------------------------------------- reranker
 def reranker_task(args: argparse.Namespace) -> FinetuneTask:
     """The ``reranker`` stage: ``--base`` a directory written by the shapes Q-Former
-    training (``python -m vistrieve.rerankers.qformer``); ``--data shapes-heldout`` or ``shapes``
-    (negatives mined by shapes-clip; captions that also describe a mined image count as
-    its positives)."""
-    from vistrieve.data.shapes import Scene, caption_signature
+    training (``python -m vistrieve.rerankers.qformer``) or ``embedded``; ``--data
+    shapes-heldout``, ``shapes`` (negatives mined by shapes-clip; captions that also
+    describe a mined image count as its positives) or ``manifest:PATH`` with ``--val
+    manifest:PATH`` (your images and captions; only a caption's own image is its positive)."""
     from vistrieve.encoders import create_encoder
     from vistrieve.rerankers.qformer import load_qformer_reranker
     from vistrieve.training.tasks import RerankerFinetuneTask
 
-    if args.data not in ("shapes", "shapes-heldout"):
+    if args.data not in ("shapes", "shapes-heldout") and not args.data.startswith("manifest:"):
         raise ValueError(
-            f"unknown --data {args.data!r} for the reranker; use shapes or shapes-heldout"
+            f"unknown --data {args.data!r} for the reranker; use shapes, shapes-heldout or "
+            "manifest:PATH"
         )
     train, val, _ = _pair_data(args)
     encoder = create_encoder("shapes-clip", progress=False)
     both = {**dict(train.items()), **dict(val.items())}
     reranker = load_qformer_reranker(args.base, both)
-    scenes = {i: Scene.from_dict(it.metadata["scene"]) for i, it in both.items()}
+    positives_of = None
+    if not args.data.startswith("manifest:"):
+        from vistrieve.data.shapes import Scene, caption_signature
 
-    def positives_of(caption: str, owner: str, mined: list[str]) -> set[str]:
-        sig = caption_signature(scenes[owner], caption)
-        return {i for i in mined if caption_signature(scenes[i], caption) == sig}
+        scenes = {i: Scene.from_dict(it.metadata["scene"]) for i, it in both.items()}
+
+        def positives_of(caption: str, owner: str, mined: list[str]) -> set[str]:
+            sig = caption_signature(scenes[owner], caption)
+            return {i for i in mined if caption_signature(scenes[i], caption) == sig}
 
     return RerankerFinetuneTask(
         reranker, encoder, train, val, positives_of=positives_of, base=args.base
