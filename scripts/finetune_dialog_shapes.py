@@ -89,8 +89,17 @@ def main() -> int:
     summary = {
         k: v
         for k, v in result.items()
-        if k in ("frozen", "best", "best_step", "trainable_parameters", "total_parameters",
-                 "seconds", "data", "command")  # fmt: skip
+        if k
+        in (
+            "frozen",
+            "best",
+            "best_step",
+            "trainable_parameters",
+            "total_parameters",
+            "seconds",
+            "data",
+            "command",
+        )  # fmt: skip
     }
     summary["test"] = {name: r.metrics for name, r in report.methods.items()}
     summary["test_seconds"] = time.perf_counter() - t0
