@@ -226,15 +226,22 @@ def save_finetuned(
     return Path(directory)
 
 
-def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share storage (tied embeddings); clone the repeats.
+def _tied_keys(state: dict[str, torch.Tensor]) -> set[str]:
+    """Keys whose tensor shares storage with an earlier key (tied embeddings)."""
     seen: set[int] = set()
-    out = {}
+    tied = set()
     for k, v in state.items():
         ptr = v.untyped_storage().data_ptr()
-        out[k] = v.clone() if ptr in seen else v
+        if ptr in seen:
+            tied.add(k)
         seen.add(ptr)
-    return out
+    return tied
+
+
+def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share storage (tied embeddings); clone the repeats.
+    tied = _tied_keys(state)
+    return {k: v.clone() if k in tied else v for k, v in state.items()}
 
 
 def read_finetune_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -284,23 +291,12 @@ def load_finetuned(
 
     state = load_file(str(d / "model.safetensors"))
     missing, unexpected = base.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if m not in _tied_names(base)]:
+    if unexpected or [m for m in missing if m not in _tied_keys(base.state_dict())]:
         raise ValueError(
             f"weights in {d} do not fit the base model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
     return base.eval()
-
-
-def _tied_names(model: nn.Module) -> set[str]:
-    seen: dict[int, str] = {}
-    tied = set()
-    for k, v in model.state_dict().items():
-        ptr = v.untyped_storage().data_ptr()
-        if ptr in seen:
-            tied.add(k)
-        seen[ptr] = k
-    return tied
 
 
 def _accelerator(config: FinetuneConfig) -> Any:

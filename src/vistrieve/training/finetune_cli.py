@@ -139,28 +139,28 @@ def _lit_task(heads_dir: str, args: argparse.Namespace) -> FinetuneTask:
     train, test = split_by_image(corpus, 800, seed=0)  # the LiT baseline's split
     cache = Path(heads_dir) / "features"  # shared by every run on these heads
 
-    def triple(c: Any, rows: Any = None) -> tuple[Any, list[str], Any]:
+    def triple(c: Any) -> tuple[Any, list[str], Any]:
         img, _, t2i = cached_features(encoder, c, cache)  # type: ignore[arg-type]
-        texts, _ = c.caption_pairs()
-        if rows is None:
-            return img, texts, t2i
+        return img, c.caption_pairs()[0], t2i
+
+    def rows_of(data: tuple[Any, list[str], Any], rows: Any) -> tuple[Any, list[str], Any]:
+        img, texts, t2i = data
         new = {int(r): n for n, r in enumerate(rows)}
         keep = [k for k, owner in enumerate(t2i) if int(owner) in new]
-        return (
-            img[rows],
-            [texts[k] for k in keep],
-            np.array([new[int(t2i[k])] for k in keep], dtype=np.int64),
-        )
+        owners = np.array([new[int(t2i[k])] for k in keep], dtype=np.int64)
+        return img[rows], [texts[k] for k in keep], owners
 
+    all_train, test_data = triple(train), triple(test)
     perm = np.random.default_rng(1).permutation(len(train))
     tr, va = np.sort(perm[args.n_val :]), np.sort(perm[: args.n_val])
     if args.fresh_heads:
-        # Heads and adapters start afresh: 700 images train, 100 unseen ones select the step.
+        # Heads and adapters start afresh: the --n-val held-back images, never trained on,
+        # select the step.
         return LitFinetuneTask(
             encoder,
-            triple(train, tr),
-            triple(train, va),
-            triple(test),
+            rows_of(all_train, tr),
+            rows_of(all_train, va),
+            test_data,
             fresh_heads=True,
             tune_tower=not args.frozen_tower,
         )
@@ -168,9 +168,9 @@ def _lit_task(heads_dir: str, args: argparse.Namespace) -> FinetuneTask:
     # split is unseen by them: the validation images are only monitored; the last step is kept.
     return LitFinetuneTask(
         encoder,
-        triple(train),
-        triple(train, va),
-        triple(test),
+        all_train,
+        rows_of(all_train, va),
+        test_data,
         keep_last=True,
         tune_tower=not args.frozen_tower,
     )
@@ -343,14 +343,13 @@ def grace_task(args: argparse.Namespace) -> FinetuneTask:
 
 
 def _query_pairs(path: str) -> list[tuple[str, str]]:
+    from vistrieve.utils.io import iter_jsonl
+
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, row in iter_jsonl(path):
         try:
-            row = json.loads(line)
             out.append((str(row["query"]), str(row["id"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{n}: need a JSON object with query and id ({exc})") from None
     return out
 

@@ -16,11 +16,9 @@ grace      a GRACE model's LM on (query -> identifier) pairs                    
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,20 +138,14 @@ class ClipFinetuneTask(FinetuneTask):
         t2i = s * txt @ img.t()
         return (F.cross_entropy(i2t, labels) + F.cross_entropy(t2i, labels)) / 2
 
-    def _encoder(self, model: Any) -> Any:
-        from vistrieve.encoders.open_clip import OpenClipEncoder
-
-        e = self.encoder
-        return OpenClipEncoder(model, e.preprocess, e.tokenizer, name=e.name, progress=False)
-
     def evaluate(self, model: Any) -> dict[str, float]:
         from vistrieve.training.shapes_clip import evaluate_encoder
 
-        enc = self._encoder(model)
-        out = _r_at_1_metrics(evaluate_encoder(enc, self.val), "val_")
+        # peft injects the adapters into encoder.model in place (and full fine-tuning
+        # trains it directly), so the task's encoder already encodes with ``model``.
+        out = _r_at_1_metrics(evaluate_encoder(self.encoder, self.val), "val_")
         if self.test is not None:
-            out.update(_r_at_1_metrics(evaluate_encoder(enc, self.test), "test_"))
-        model.train()
+            out.update(_r_at_1_metrics(evaluate_encoder(self.encoder, self.test), "test_"))
         return out
 
     def base_spec(self) -> dict[str, Any]:
@@ -303,14 +295,10 @@ def read_rewrite_pairs(path: str | os.PathLike[str]) -> list[RewritePair]:
     Raises:
         ValueError: a line is not JSON or lacks one of the fields (line number named).
     """
+    from vistrieve.utils.io import iter_jsonl
+
     pairs = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    for n, row in iter_jsonl(path):
         missing = [
             k
             for k in ("caption", "instruction", "edited")
@@ -472,7 +460,6 @@ class RewriterFinetuneTask(FinetuneTask):
 
             llm = HFChatLLM(model, self.tokenizer, name=self.name or "rewriter", max_new_tokens=40)
             out.update(self.evaluate_fn(llm))
-        model.train()
         return out
 
     def base_spec(self) -> dict[str, Any]:
@@ -537,6 +524,7 @@ class RerankerFinetuneTask(FinetuneTask):
         self.val = val
         self.base = base
         self._val_hits: list[Any] | None = None
+        self._first_stage: dict[str, float] = {}
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> Any:
         from vistrieve.rerankers.qformer import sample_listwise
@@ -562,8 +550,22 @@ class RerankerFinetuneTask(FinetuneTask):
         items = [it for it in self.val.values() if it.captions]
         queries = [Query(text=it.captions[0]) for it in items]
         if self._val_hits is None:
+            # The first stage does not change during training: retrieve and score it once.
             dense = DenseRetriever.build(self.encoder, self.val, index_captions=False)
             self._val_hits = dense.retrieve(queries, k=self.k)
+            hits = self._val_hits
+            self._first_stage = {
+                "val_first_stage_R@1": float(
+                    np.mean(
+                        [bool(h) and h[0].id == it.id for h, it in zip(hits, items, strict=True)]
+                    )
+                ),
+                f"val_first_stage_R@{self.k}": float(
+                    np.mean(
+                        [any(x.id == it.id for x in h) for h, it in zip(hits, items, strict=True)]
+                    )
+                ),
+            }
         r = self.reranker
         scorer = QFormerReranker(
             model,
@@ -575,19 +577,8 @@ class RerankerFinetuneTask(FinetuneTask):
         )
         scorer._cache = r._cache  # the frozen image tower's tokens do not change
         reranked = scorer.rerank(queries, self._val_hits)
-        first = np.mean(
-            [bool(h) and h[0].id == it.id for h, it in zip(self._val_hits, items, strict=True)]
-        )
         top = np.mean([bool(h) and h[0].id == it.id for h, it in zip(reranked, items, strict=True)])
-        within = np.mean(
-            [any(x.id == it.id for x in h) for h, it in zip(self._val_hits, items, strict=True)]
-        )
-        model.train()
-        return {
-            "val_rerank_R@1": float(top),
-            "val_first_stage_R@1": float(first),
-            f"val_first_stage_R@{self.k}": float(within),
-        }
+        return {"val_rerank_R@1": float(top), **self._first_stage}
 
     def base_spec(self) -> dict[str, Any]:
         return {"reranker": self.base}
@@ -662,7 +653,6 @@ class HashFinetuneTask(FinetuneTask):
         else:
             m = evaluate_pairs(model, self.data.pairs)
             keep = {k: v for k, v in m.items() if k.startswith("hash_") and "R@" in k}
-        model.train()
         return {f"val_{k}": float(v) for k, v in keep.items()}
 
     def base_spec(self) -> dict[str, Any]:
@@ -728,7 +718,6 @@ class GraceFinetuneTask(FinetuneTask):
         )
         r1 = np.mean([bool(h) and h[0].id == i for h, (_, i) in zip(hits, self.val, strict=True)])
         rk = np.mean([any(x.id == i for x in h) for h, (_, i) in zip(hits, self.val, strict=True)])
-        model.train()
         return {"val_R@1": float(r1), f"val_R@{self.retriever.num_beams}": float(rk)}
 
     def base_spec(self) -> dict[str, Any]:

@@ -97,6 +97,21 @@ def load_npy(path: str | os.PathLike[str]) -> np.ndarray:
         raise ValueError(f"cannot read array file {p}: it is truncated or corrupt ({exc})") from exc
 
 
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed object)`` for every non-blank line of a JSONL file.
+
+    Raises:
+        ValueError: a line is not JSON (the file and line are named).
+    """
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file with clear errors for missing and malformed files."""
     p = Path(path)
