@@ -249,3 +249,225 @@ def test_warm_caches_patch_tokens_and_dense_embeddings() -> None:
     hits = [Hit(id=i, score=0.0) for i in corpus]
     rr.rerank([Query(text=texts[0])], [hits])
     assert encoder.image_passes == passes  # type: ignore[attr-defined]  # nothing re-encoded
+
+
+def _reference_itm(model: QFormerCrossEncoder, image: torch.Tensor, ids: torch.Tensor):  # type: ignore[no-untyped-def]
+    """Every pair through every layer, all rows: the textbook Q-Former forward."""
+    c = model.config
+    b = ids.shape[0]
+    x = torch.cat(
+        [model.queries.expand(b, -1, -1), model.token_emb(ids) + model.pos_emb[: ids.shape[1]]], 1
+    )
+    keep = torch.cat([torch.ones(b, c.num_queries, dtype=torch.bool), ids != 0], 1)[:, None, None]
+    img = model.image_proj(image) + (model.image_pos if c.image_tokens else 0)
+    for layer in model.layers:
+        h = layer.ln1(x)
+        x = x + layer.self_attn.attend(h, *layer.self_attn.kv(h), keep)
+        q = x[:, : c.num_queries]
+        q = q + layer.cross_attn.attend(layer.ln2(q), *layer.cross_attn.kv(img))
+        x = torch.cat([q, x[:, c.num_queries :]], 1)
+        x = x + layer.mlp(layer.ln3(x))
+    return model.itm_head(model.ln(x[:, : c.num_queries]).mean(1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_itm_shortcuts_match_the_full_forward(layers: int) -> None:
+    import dataclasses
+
+    torch.manual_seed(layers)
+    cfg = dataclasses.replace(CFG, layers=layers, image_tokens=5)
+    model = QFormerCrossEncoder(cfg).eval()
+    torch.nn.init.normal_(model.itm_head.weight)
+    image = torch.randn(9, 5, 6)
+    ids = torch.randint(1, 12, (9, 6))
+    ids[:4] = ids[0]  # one text against four images, as in reranking
+    ids[5:, 4:] = 0  # padding
+    with torch.no_grad():
+        torch.testing.assert_close(model.itm_logit(image, ids), _reference_itm(model, image, ids))
+    with pytest.raises(ValueError, match="5 image tokens"):
+        model(torch.randn(1, 4, 6), ids[:1])
+    with pytest.raises(ValueError, match="max_text_len"):
+        model(image[:1], torch.ones(1, 9, dtype=torch.long))
+
+
+def test_weights_with_packed_attention_projections_load() -> None:
+    torch.manual_seed(4)
+    model = QFormerCrossEncoder(CFG).eval()
+    packed = {}
+    for key, value in model.state_dict().items():
+        stem, _, leaf = key.rpartition(".")
+        attn, _, proj = stem.rpartition(".")
+        if proj in ("q_proj", "k_proj", "v_proj"):
+            if proj == "q_proj":  # nn.MultiheadAttention's layout: one in_proj for q, k, v
+                parts = [
+                    model.state_dict()[f"{attn}.{p}.{leaf}"] for p in ("q_proj", "k_proj", "v_proj")
+                ]
+                packed[f"{attn}.in_proj_{leaf}"] = torch.cat(parts)
+        else:
+            packed[key] = value
+    assert any("in_proj_weight" in k for k in packed)
+    again = QFormerCrossEncoder(CFG).eval()
+    again.load_state_dict(packed)
+    image, ids = torch.randn(3, 5, 6), torch.randint(1, 12, (3, 4))
+    torch.testing.assert_close(again(image, ids), model(image, ids))
+
+
+def test_captioning_head_is_causal_and_ignores_padding() -> None:
+    import dataclasses
+
+    torch.manual_seed(5)
+    model = QFormerCrossEncoder(dataclasses.replace(CFG, captioning=True)).eval()
+    image = torch.randn(2, 5, 6)
+    ids = torch.tensor([[2, 3, 4, 5, 6], [2, 3, 4, 5, 7]])
+    with torch.no_grad():
+        per_token = model.token_logprobs(image[:1].expand(2, -1, -1), ids)
+        # A later token does not change what the earlier ones were predicted from.
+        torch.testing.assert_close(per_token[0, :3], per_token[1, :3])
+        assert not torch.allclose(per_token[0, 3], per_token[1, 3])
+        padded = torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1)
+        torch.testing.assert_close(
+            model.text_logprob(image, padded), model.text_logprob(image, ids)
+        )
+        assert (model.token_logprobs(image, padded)[:, 4:] == 0).all()
+        # Log-probabilities of a distribution over the vocabulary.
+        assert (per_token < 0).all()
+        total = model.text_logprob(image, ids)
+        torch.testing.assert_close(total, model.token_logprobs(image, ids).sum(1))
+        # lm_weight adds the log-likelihood to the matching logit.
+        mixed = dataclasses.replace(model.config, lm_weight=0.5)
+        model.config = mixed
+        torch.testing.assert_close(
+            model(image, ids), model.matching_logit(image, ids) + 0.5 * total
+        )
+    with pytest.raises(ValueError, match="captioning"):
+        QFormerCrossEncoder(CFG).text_logprob(image, ids)
+    with pytest.raises(ValueError, match="lm_weight needs captioning"):
+        dataclasses.replace(CFG, lm_weight=1.0)
+
+
+def test_captioning_training_lowers_the_captioning_loss() -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from vistrieve.rerankers.qformer import captioning_loss
+
+    torch.manual_seed(6)
+    n = 12
+    image_tokens = torch.randn(n, 5, 6)
+    # Each image's caption is fixed by the image: learnable only by looking at it.
+    texts = [f"a {WORDS[2 + i % 2]} {WORDS[4 + i // 2 % 2]}" for i in range(n)]
+    vocab = TextVocabulary.build(_tokenize, texts)
+    model = QFormerCrossEncoder(dataclasses.replace(CFG, captioning=True))
+    ids = vocab.encode(texts, 8)
+    rows = np.arange(n)
+    with torch.no_grad():
+        before = float(captioning_loss(model, image_tokens, ids, rows, rows))
+    with pytest.raises(ValueError, match="captioning_steps must be"):
+        train_qformer(model, vocab, image_tokens, texts, [{i} for i in rows], [[]] * n,
+                      steps=5, captioning_steps=6, progress=False)  # fmt: skip
+    losses = train_qformer(
+        model, vocab, image_tokens, texts, [{i} for i in rows],
+        [[(i + 1) % n] for i in rows], steps=80, batch_size=4, n_neg=2, lr=3e-3,
+        captioning_steps=40, captioning_weight=1.0, captioning_batch_size=8, progress=False,
+    )  # fmt: skip
+    assert len(losses) == 80
+    with torch.no_grad():
+        after = float(captioning_loss(model, image_tokens, ids, rows, rows))
+    assert after < 0.6 * before
+    with pytest.raises(ValueError, match="captioning=True"):
+        train_qformer(QFormerCrossEncoder(CFG), vocab, image_tokens, texts,
+                      [{i} for i in rows], [[]] * n, steps=5, captioning_steps=2,
+                      progress=False)  # fmt: skip
+
+
+def test_choose_lm_weight_scores_each_weight_on_mined_candidates() -> None:
+    import dataclasses
+
+    from vistrieve.rerankers.qformer import MinedData, choose_lm_weight
+
+    torch.manual_seed(7)
+    n = 6
+    model = QFormerCrossEncoder(dataclasses.replace(CFG, captioning=True)).eval()
+    texts = [f"a {WORDS[2 + i % 2]} circle" for i in range(n)]
+    vocab = TextVocabulary.build(_tokenize, texts)
+    data = MinedData(
+        items=[], image_tokens=torch.randn(n, 5, 6), texts=texts,
+        positives=[{i} for i in range(n)], negatives=[[(i + 1) % n, (i + 2) % n] for i in range(n)],
+        dense=None, extra_positives=0,
+    )  # fmt: skip
+    table = choose_lm_weight(model, vocab, data, (0.0, 1.0, 1e6))
+    assert set(table) == {0.0, 1.0, 1e6}
+    ids = vocab.encode(texts, 8)
+
+    def r1(score) -> float:  # type: ignore[no-untyped-def]
+        hits = 0
+        for r in range(n):
+            cands = [r, *data.negatives[r]]
+            with torch.no_grad():
+                s = score(data.image_tokens[cands], ids[r : r + 1].expand(3, -1))
+            hits += int(s.argmax()) == 0
+        return 100.0 * hits / n
+
+    assert table[0.0] == pytest.approx(r1(model.matching_logit))
+    assert table[1e6] == pytest.approx(r1(model.text_logprob))
+    with pytest.raises(ValueError, match="captioning head"):
+        choose_lm_weight(QFormerCrossEncoder(CFG), vocab, data)
+
+
+def test_train_qformer_reranker_with_captioning_chooses_lm_weight(tmp_path: Path) -> None:
+    from vistrieve.data.shapes import ShapesWorld
+    from vistrieve.encoders import create_encoder
+    from vistrieve.rerankers.qformer import clip_patch_tokens, train_qformer_reranker
+
+    encoder = create_encoder("clip-tiny-test", progress=False)
+    world = ShapesWorld(seed=0, n_train=10, n_val=5, n_test=0, swap_fraction=0.0)
+    record = train_qformer_reranker(
+        encoder, world.corpus("train"), clip_patch_tokens(encoder),
+        encoder.tokenizer,  # type: ignore[attr-defined]
+        tmp_path / "qf", steps=4, k_mine=4, batch_size=4, progress=False, layers=1,
+        captioning_steps=2, captioning_weight=0.5, val_corpus=world.corpus("val"),
+        lm_weights=(0.0, 2.0),
+    )  # fmt: skip
+    table = record["validation_r1_by_lm_weight"]
+    assert set(table) == {"0.0", "2.0"} and all(0 <= v <= 100 for v in table.values())
+    best = max(table, key=lambda w: (table[w], -float(w)))
+    model, _, _ = QFormerReranker.load_model(tmp_path / "qf")
+    assert model.config.captioning and model.config.layers == 1
+    assert model.config.lm_weight == float(best) == record["config"]["lm_weight"]
+    assert model.config.image_tokens == 16  # 32 px / 8 px patches of the tiny test ViT
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_captioning_shortcuts_match_the_full_causal_forward(layers: int) -> None:
+    import dataclasses
+
+    torch.manual_seed(10 + layers)
+    model = QFormerCrossEncoder(dataclasses.replace(CFG, layers=layers, captioning=True)).eval()
+    image = torch.randn(7, 5, 6)
+    ids = torch.randint(1, 12, (7, 6))
+    ids[:3] = ids[0]
+    ids[4:, 3:] = 0
+    nq, (b, t) = CFG.num_queries, ids.shape
+    # Textbook BLIP-2 ITG pass: one (queries + text) sequence per pair under the causal mask.
+    x = torch.cat([model.queries.expand(b, -1, -1), model.token_emb(ids) + model.pos_emb[:t]], 1)
+    mask = torch.zeros(nq + t, nq + t, dtype=torch.bool)
+    mask[:nq, :nq] = True
+    mask[nq:, :nq] = True
+    mask[nq:, nq:] = torch.ones(t, t, dtype=torch.bool).tril()
+    keep = (
+        mask[None, None]
+        & torch.cat([torch.ones(b, nq, dtype=torch.bool), ids != 0], 1)[:, None, None, :]
+    )
+    img = model.image_proj(image)
+    with torch.no_grad():
+        for layer in model.layers:
+            h = layer.ln1(x)
+            x = x + layer.self_attn.attend(h, *layer.self_attn.kv(h), keep)
+            q = x[:, :nq]
+            q = q + layer.cross_attn.attend(layer.ln2(q), *layer.cross_attn.kv(img))
+            x = torch.cat([q, x[:, nq:]], 1)
+            x = x + layer.mlp(layer.ln3(x))
+        logp = torch.log_softmax(model.lm_head(model.ln(x[:, nq:-1])), -1)
+        want = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * (ids[:, 1:] != 0)
+        torch.testing.assert_close(model.token_logprobs(image, ids), want)

@@ -25,9 +25,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -76,7 +76,15 @@ def install_embedded_qformer(directory: str | os.PathLike[str]) -> Path:
 
 @dataclass(frozen=True)
 class QFormerConfig:
-    """Shape of the cross-encoder."""
+    """Shape of the cross-encoder and how its signals combine into the reranking logit.
+
+    ``captioning`` adds BLIP-2's image-grounded text generation (ITG) head: the same layers
+    run with a causal mask (queries see only queries; each text token sees the queries and
+    the tokens before it) and a language-model head predicts the next token, so the model
+    can also score a pair by ``log p(text | image)``. The reranking logit is
+    ``itm_weight * ITM + lm_weight * log p(text | image) + s * dense cosine`` (the last term
+    for ``dense_residual`` models; see :meth:`QFormerCrossEncoder.forward`).
+    """
 
     width: int = 128
     layers: int = 2
@@ -87,6 +95,10 @@ class QFormerConfig:
     vocab_size: int = 512
     dense_residual: bool = False
     dense_scale_init: float = 20.0  # shapes-clip's logit scale
+    captioning: bool = False
+    image_tokens: int = 0  # > 0: a learned position embedding per image token
+    itm_weight: float = 1.0
+    lm_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -104,34 +116,90 @@ class QFormerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.dense_scale_init <= 0:
             raise ValueError(f"dense_scale_init must be positive, got {self.dense_scale_init}")
+        if self.image_tokens < 0:
+            raise ValueError(f"image_tokens must be >= 0, got {self.image_tokens}")
+        if self.lm_weight and not self.captioning:
+            raise ValueError("lm_weight needs captioning=True (a language-model head)")
+
+
+class _Attention(nn.Module):
+    """Multi-head attention from four linear maps, so that one side's keys and values can be
+    computed once and reused (a query's text against many images) and LoRA can target each
+    projection."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        return x.view(b, n, self.heads, w // self.heads).transpose(1, 2)
+
+    def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, heads, N, width / heads) of ``x`` (B, N, width)."""
+        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        allowed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attention of ``x`` (B, N, width) over keys and values; ``allowed`` broadcasts to
+        (B, heads, N, keys) and is True where a key may be attended to."""
+        b, n, w = x.shape
+        out = F.scaled_dot_product_attention(self._split(self.q_proj(x)), k, v, attn_mask=allowed)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, w))
 
 
 class _Layer(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(width)
-        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.self_attn = _Attention(width, heads)
         self.ln2 = nn.LayerNorm(width)
-        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.cross_attn = _Attention(width, heads)
         self.ln3 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
         )
 
-    def forward(
-        self, x: torch.Tensor, pad_mask: torch.Tensor, image: torch.Tensor, n_queries: int
-    ) -> torch.Tensor:
-        h = self.ln1(x)
-        x = x + self.self_attn(h, h, h, key_padding_mask=pad_mask, need_weights=False)[0]
+    def cross(self, q: torch.Tensor, image: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         # Only the queries look at the image (BLIP-2's Q-Former); text reaches it through them.
-        q = self.ln2(x[:, :n_queries])
-        cross = self.cross_attn(q, image, image, need_weights=False)[0]
-        x = torch.cat([x[:, :n_queries] + cross, x[:, n_queries:]], dim=1)
+        return q + self.cross_attn.attend(self.ln2(q), *image)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.ln3(x))
 
 
+def _legacy_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved with ``nn.MultiheadAttention`` (packed ``in_proj``) in today's layout."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        stem, _, leaf = key.rpartition(".")
+        if leaf in ("in_proj_weight", "in_proj_bias"):
+            kind = "weight" if leaf == "in_proj_weight" else "bias"
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3), strict=True):
+                out[f"{stem}.{name}.{kind}"] = part.contiguous()
+        else:
+            out[key] = value
+    return out
+
+
+def _visible(pad: torch.Tensor, n_queries: int) -> torch.Tensor:
+    """(B, 1, 1, queries + T) attention mask: every query and the non-padding text."""
+    queries = torch.ones(pad.shape[0], n_queries, dtype=torch.bool, device=pad.device)
+    return torch.cat([queries, ~pad], 1)[:, None, None, :]
+
+
 class QFormerCrossEncoder(nn.Module):
-    """Queries + text tokens with cross-attention to image patch tokens; one ITM logit."""
+    """Queries + text tokens with cross-attention to image patch tokens: an ITM logit per
+    pair and, with ``captioning``, the log-likelihood of the text given the image."""
 
     def __init__(self, config: QFormerConfig) -> None:
         super().__init__()
@@ -140,9 +208,13 @@ class QFormerCrossEncoder(nn.Module):
         self.token_emb = nn.Embedding(c.vocab_size, c.width, padding_idx=0)
         self.pos_emb = nn.Parameter(torch.randn(c.max_text_len, c.width) * 0.02)
         self.image_proj = nn.Sequential(nn.LayerNorm(c.image_dim), nn.Linear(c.image_dim, c.width))
+        if c.image_tokens:
+            self.image_pos = nn.Parameter(torch.randn(c.image_tokens, c.width) * 0.02)
         self.layers = nn.ModuleList([_Layer(c.width, c.heads) for _ in range(c.layers)])
         self.ln = nn.LayerNorm(c.width)
         self.itm_head = nn.Linear(c.width, 1)
+        if c.captioning:
+            self.lm_head = nn.Linear(c.width, c.vocab_size)
         if c.dense_residual:
             # Zero head: the untrained model's ranking is the dual encoder's.
             nn.init.zeros_(self.itm_head.weight)
@@ -150,31 +222,150 @@ class QFormerCrossEncoder(nn.Module):
             # Log-parametrised so that the optimiser can rescale it by large factors.
             self.log_dense_scale = nn.Parameter(torch.tensor(float(np.log(c.dense_scale_init))))
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kw: Any) -> Any:
+        """As nn.Module's, also accepting weights saved with packed attention projections."""
+        return super().load_state_dict(_legacy_state(dict(state_dict)), *args, **kw)
+
+    def _blocks(self) -> list[_Layer]:
+        return [cast(_Layer, layer) for layer in self.layers]
+
+    def _image(self, image_tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's cross-attention keys and values of the image tokens."""
+        image = self.image_proj(image_tokens)
+        if self.config.image_tokens:
+            if image.shape[1] != self.config.image_tokens:
+                raise ValueError(
+                    f"this Q-Former was trained on {self.config.image_tokens} image tokens "
+                    f"per image, got {image.shape[1]}"
+                )
+            image = image + self.image_pos
+        return [layer.cross_attn.kv(image) for layer in self._blocks()]
+
+    def _text(self, text_ids: torch.Tensor) -> torch.Tensor:
+        t = text_ids.shape[1]
+        if t > self.config.max_text_len:
+            raise ValueError(
+                f"text of {t} tokens exceeds max_text_len {self.config.max_text_len}; "
+                "encode with TextVocabulary.encode(texts, max_len)"
+            )
+        return self.token_emb(text_ids) + self.pos_emb[:t]
+
+    def itm_logit(self, image_tokens: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """ITM logits (B,) of aligned pairs: image_tokens (B, P, image_dim), text_ids (B, T).
+
+        Exact, and cheaper than running every pair through every layer: nothing depends on
+        the image until the queries have attended to it, so the first self-attention runs
+        once per distinct text; text rows stay per distinct text until they attend to
+        image-dependent queries; and the last layer computes only the query rows, which
+        are all that the ITM head reads.
+        """
+        nq = self.config.num_queries
+        uniq, inverse = torch.unique(text_ids, dim=0, return_inverse=True)
+        pad_u = uniq == 0
+        image = self._image(image_tokens)
+        first = self._blocks()[0]
+        x = torch.cat([self.queries.expand(len(uniq), -1, -1), self._text(uniq)], 1)
+        h = first.ln1(x)
+        x = x + first.self_attn.attend(h, *first.self_attn.kv(h), allowed=_visible(pad_u, nq))
+        q = first.ffn(first.cross(x[:, :nq][inverse], image[0]))
+        text = first.ffn(x[:, nq:])
+        text_index: torch.Tensor | None = inverse  # text rows: per distinct text, or per pair
+        pad = pad_u[inverse]
+        for i, layer in enumerate(self._blocks()[1:], start=1):
+            hq, ht = layer.ln1(q), layer.ln1(text)
+            kq, vq = layer.self_attn.kv(hq)
+            kt, vt = layer.self_attn.kv(ht)
+            if text_index is not None:
+                kt, vt = kt[text_index], vt[text_index]
+            k, v, allowed = torch.cat([kq, kt], 2), torch.cat([vq, vt], 2), _visible(pad, nq)
+            if i < len(self.layers) - 1:
+                if text_index is not None:
+                    text, ht, text_index = text[text_index], ht[text_index], None
+                text = layer.ffn(text + layer.self_attn.attend(ht, k, v, allowed))
+            q = layer.ffn(layer.cross(q + layer.self_attn.attend(hq, k, v, allowed), image[i]))
+        return self.itm_head(self.ln(q).mean(1)).squeeze(-1)
+
+    def text_logprob(self, image_tokens: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """``log p(text | image)`` (B,) of aligned pairs under the captioning head: the sum
+        of :meth:`token_logprobs`."""
+        return self.token_logprobs(image_tokens, text_ids).sum(1)
+
+    def token_logprobs(self, image_tokens: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T - 1): the log-probability of each text token after the first (the start
+        token) given the image and the tokens before it; 0 at padding."""
+        if not self.config.captioning:
+            raise ValueError("this Q-Former has no captioning head (QFormerConfig.captioning)")
+        # Shared work as in itm_logit: the queries never see text, so until they attend to
+        # the image they are the same for every pair, and layer 0's text rows (which see
+        # only those queries and earlier tokens) are computed once per distinct text; the
+        # last layer skips the query rows, which the language-model head does not read.
+        uniq, inverse = torch.unique(text_ids, dim=0, return_inverse=True)
+        t = uniq.shape[1]
+        image = self._image(image_tokens)
+        causal = torch.ones(t, t, dtype=torch.bool, device=text_ids.device).tril()
+        # Text rows see every query and the earlier non-padding tokens.
+        allowed_u = torch.cat(
+            [
+                torch.ones(len(uniq), 1, t, self.config.num_queries, dtype=torch.bool,
+                           device=text_ids.device),
+                causal[None, None] & (uniq != 0)[:, None, None, :],
+            ],
+            -1,
+        )  # fmt: skip
+        first = self._blocks()[0]
+        q0 = self.queries[None]
+        hq, text = first.ln1(q0), self._text(uniq)
+        ht = first.ln1(text)
+        kq, vq = first.self_attn.kv(hq)
+        kt, vt = first.self_attn.kv(ht)
+        k = torch.cat([kq.expand(len(uniq), -1, -1, -1), kt], 2)
+        v = torch.cat([vq.expand(len(uniq), -1, -1, -1), vt], 2)
+        text = first.ffn(text + first.self_attn.attend(ht, k, v, allowed_u))[inverse]
+        q = q0 + first.self_attn.attend(hq, kq, vq)
+        q = first.ffn(first.cross(q.expand(len(text_ids), -1, -1), image[0]))
+        allowed = allowed_u[inverse]
+        for i, layer in enumerate(self._blocks()[1:], start=1):
+            hq, ht = layer.ln1(q), layer.ln1(text)
+            kq, vq = layer.self_attn.kv(hq)
+            kt, vt = layer.self_attn.kv(ht)
+            k, v = torch.cat([kq, kt], 2), torch.cat([vq, vt], 2)
+            text = layer.ffn(text + layer.self_attn.attend(ht, k, v, allowed))
+            if i < len(self.layers) - 1:
+                q = layer.ffn(layer.cross(q + layer.self_attn.attend(hq, kq, vq), image[i]))
+        logits = self.lm_head(self.ln(text[:, :-1]))
+        target = text_ids[:, 1:]
+        logp = torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return logp * (target != 0)
+
     def forward(
         self,
         image_tokens: torch.Tensor,
         text_ids: torch.Tensor,
         dense: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B,) for aligned pairs: image_tokens (B, P, image_dim), text_ids (B, T);
-        ``dense`` (B,) is the dual encoder's cosine of each pair (``dense_residual`` models)."""
+        """Reranking logits (B,) of aligned pairs: image_tokens (B, P, image_dim), text_ids
+        (B, T); ``dense`` (B,) is the dual encoder's cosine of each pair (``dense_residual``
+        models). The logit is ``itm_weight * ITM + lm_weight * log p(text | image)``, plus
+        the learned scale times ``dense``."""
+        logit = self.matching_logit(image_tokens, text_ids, dense)
+        if self.config.lm_weight:
+            logit = logit + self.config.lm_weight * self.text_logprob(image_tokens, text_ids)
+        return logit
+
+    def matching_logit(
+        self,
+        image_tokens: torch.Tensor,
+        text_ids: torch.Tensor,
+        dense: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``itm_weight * ITM`` plus the scaled dense cosine: the logit without the
+        captioning term (what listwise training optimises)."""
         c = self.config
         if c.dense_residual and dense is None:
             raise ValueError("this Q-Former adds the dual-encoder score: pass dense= cosines")
-        b, t = text_ids.shape
-        text = self.token_emb(text_ids) + self.pos_emb[:t]
-        x = torch.cat([self.queries.expand(b, -1, -1), text], dim=1)
-        pad = torch.cat(
-            [
-                torch.zeros(b, c.num_queries, dtype=torch.bool, device=text_ids.device),
-                text_ids == 0,
-            ],
-            dim=1,
-        )
-        image = self.image_proj(image_tokens)
-        for layer in self.layers:
-            x = layer(x, pad, image, c.num_queries)
-        logit = self.itm_head(self.ln(x[:, : c.num_queries]).mean(1)).squeeze(-1)
+        logit = self.itm_logit(image_tokens, text_ids)
+        if c.itm_weight != 1.0:
+            logit = c.itm_weight * logit
         if c.dense_residual:
             assert dense is not None
             logit = logit + self.log_dense_scale.exp() * dense.to(logit.dtype)
@@ -507,8 +698,23 @@ def listwise_loss(
     cos = None
     if dense is not None:
         cos = (dense[0][trows] * dense[1][idx.flatten()]).sum(-1)
-    logits = model(image_tokens[idx.flatten()], text_ids[trows], cos).view(b, width)
+    score = model.matching_logit if isinstance(model, QFormerCrossEncoder) else model
+    logits = score(image_tokens[idx.flatten()], text_ids[trows], cos).view(b, width)
     return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=logits.device))
+
+
+def captioning_loss(
+    model: QFormerCrossEncoder,
+    image_tokens: torch.Tensor,
+    text_ids: torch.Tensor,
+    caption_rows: np.ndarray,
+    image_rows: np.ndarray,
+) -> torch.Tensor:
+    """BLIP-2's image-grounded text generation loss: the mean negative log-likelihood per
+    token of each caption given its image (rows of ``text_ids`` and ``image_tokens``)."""
+    ids = text_ids[torch.from_numpy(np.asarray(caption_rows))]
+    logp = model.text_logprob(image_tokens[torch.from_numpy(np.asarray(image_rows))], ids)
+    return -logp.sum() / (ids[:, 1:] != 0).sum().clamp(min=1)
 
 
 def train_qformer(
@@ -527,8 +733,12 @@ def train_qformer(
     seed: int = 0,
     progress: bool = True,
     dense: tuple[torch.Tensor, torch.Tensor] | None = None,
+    captioning_steps: int = 0,
+    captioning_weight: float = 1.0,
+    captioning_batch_size: int = 64,
 ) -> list[float]:
-    """Listwise training: each caption's positive against ``n_neg`` mined hard negatives.
+    """Listwise ITM training: each caption's positive against ``n_neg`` mined hard
+    negatives; for ``captioning`` models, BLIP-2's captioning loss as well.
 
     Args:
         model: The cross-encoder to train.
@@ -537,8 +747,8 @@ def train_qformer(
         texts: Training captions.
         positives: For each caption, the image rows that match it.
         negatives: For each caption, hard-negative image rows (best first).
-        steps: Optimiser steps.
-        batch_size: Captions per step.
+        steps: Optimiser steps (including ``captioning_steps``).
+        batch_size: Captions per step (listwise ITM).
         n_neg: Negatives per caption.
         n_hard: How many of them are mined hard negatives (default half); the rest are
             random images. All-hard batches leave a fresh model at the uniform-logit
@@ -548,27 +758,48 @@ def train_qformer(
         progress: Show a progress bar.
         dense: ``(text_embeddings, image_embeddings)`` of the dual encoder (L2-normalised,
             rows aligned with ``texts`` and ``image_tokens``), for ``dense_residual`` models.
+        captioning_steps: Steps of captioning loss alone before the ITM loss joins in. The
+            per-token captioning signal teaches the queries to read the image (which
+            object has which shape) far faster than one ITM bit per pair does.
+        captioning_weight: Weight of the captioning loss (0: none) in the joint steps.
+        captioning_batch_size: Captions (each with one of its positive images) per step.
 
     Returns:
-        The loss of every step.
+        The loss of every step (ITM + weighted captioning; captioning alone at first).
     """
     from tqdm.auto import tqdm
 
+    captioning = model.config.captioning and (captioning_weight > 0 or captioning_steps > 0)
+    if captioning_steps and not model.config.captioning:
+        raise ValueError("captioning_steps needs a model with QFormerConfig(captioning=True)")
+    if not 0 <= captioning_steps <= steps:
+        raise ValueError(f"captioning_steps must be in [0, steps={steps}], got {captioning_steps}")
     hard = n_neg // 2 if n_hard is None else min(n_hard, n_neg)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     text_ids = vocabulary.encode(list(texts), model.config.max_text_len)
+    pos_lists = [sorted(p) for p in positives]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     model.train()
     losses = []
     n_img = image_tokens.shape[0]
     bar = tqdm(range(steps), desc="train qformer", disable=not progress)
-    for _ in bar:
-        rows, idx = sample_listwise(rng, positives, negatives, n_img, batch_size, n_neg, hard)
-        loss = listwise_loss(model, image_tokens, text_ids, rows, idx, dense)
+    for step in bar:
+        loss = torch.zeros(())
+        if step >= captioning_steps:
+            rows, idx = sample_listwise(rng, positives, negatives, n_img, batch_size, n_neg, hard)
+            loss = listwise_loss(model, image_tokens, text_ids, rows, idx, dense)
+        if captioning:
+            weight = 1.0 if step < captioning_steps else captioning_weight
+            size = min(captioning_batch_size, len(texts))
+            crow = rng.choice(len(texts), size=size, replace=False)
+            irow = np.array([pos_lists[r][int(rng.integers(len(pos_lists[r])))] for r in crow])
+            if weight:
+                loss = loss + weight * captioning_loss(model, image_tokens, text_ids, crow, irow)
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
@@ -665,6 +896,50 @@ def mine_training_data(
     return MinedData(items, image_tokens, texts, positives, negatives, dense_emb, n_extra)
 
 
+def choose_lm_weight(
+    model: QFormerCrossEncoder,
+    vocabulary: TextVocabulary,
+    data: MinedData,
+    weights: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
+    *,
+    max_captions: int = 2000,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> dict[float, float]:
+    """Validation R@1 (%) among each caption's mined candidates for each ``lm_weight``
+    (the weight of ``log p(text | image)`` in the reranking logit), on up to
+    ``max_captions`` captions of ``data`` (mined on a validation corpus)."""
+    if not model.config.captioning:
+        raise ValueError("choose_lm_weight needs a model with a captioning head")
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(len(data.texts))[:max_captions]
+    text_ids = vocabulary.encode(list(data.texts), model.config.max_text_len)
+    pairs = [(r, c) for r in rows for c in sorted(data.positives[r]) + list(data.negatives[r])]
+    base_parts, lm_parts = [], []
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, len(pairs), batch_size):
+            tr = torch.tensor([r for r, _ in pairs[s : s + batch_size]])
+            ir = torch.tensor([c for _, c in pairs[s : s + batch_size]])
+            cos = None
+            if data.dense is not None and model.config.dense_residual:
+                cos = (data.dense[0][tr] * data.dense[1][ir]).sum(-1)
+            tokens, ids = data.image_tokens[ir], text_ids[tr]
+            base_parts.append(model.matching_logit(tokens, ids, cos))
+            lm_parts.append(model.text_logprob(tokens, ids))
+    base, lm = torch.cat(base_parts), torch.cat(lm_parts)
+    out: dict[float, float] = {}
+    for w in weights:
+        score, pos, hits = base + w * lm, 0, 0
+        for r in rows:
+            cands = sorted(data.positives[r]) + list(data.negatives[r])
+            best = cands[int(score[pos : pos + len(cands)].argmax())]
+            hits += best in data.positives[r]
+            pos += len(cands)
+        out[float(w)] = 100.0 * hits / max(len(rows), 1)
+    return out
+
+
 def train_qformer_reranker(
     encoder: Any,
     corpus: Mapping[str, Item],
@@ -682,6 +957,11 @@ def train_qformer_reranker(
     seed: int = 0,
     progress: bool = True,
     command: str = "",
+    layers: int = 2,
+    captioning_steps: int = 0,
+    captioning_weight: float = 0.0,
+    val_corpus: Mapping[str, Item] | None = None,
+    lm_weights: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
 ) -> dict[str, Any]:
     """Mine hard negatives with ``encoder`` over ``corpus`` and train a Q-Former on them.
 
@@ -698,9 +978,20 @@ def train_qformer_reranker(
             mined candidates (true matches that are not the caption's own image); by default
             only the owner is a positive.
         command: Recorded in ``train_record.json``.
+        layers: Q-Former layers.
+        captioning_steps: Steps of BLIP-2's captioning loss alone before listwise ITM
+            training (see :func:`train_qformer`); with ``captioning_weight``, any value
+            above 0 gives the model a captioning head.
+        captioning_weight: Weight of the captioning loss during the ITM steps.
+        val_corpus: Validation items (mined the same way) on which the weight of
+            ``log p(text | image)`` in the reranking logit is chosen among ``lm_weights``
+            by R@1 over the mined candidates; without it a captioning model ranks by ITM
+            (and the dense residual) alone.
+        lm_weights: Candidate weights for that choice.
 
     Returns:
-        The training record (timings, first and final loss, parameter count).
+        The training record (timings, first and final loss, parameter count, and the
+        validation R@1 of each ``lm_weight`` when chosen).
     """
     t0 = time.perf_counter()
     mined = mine_training_data(
@@ -720,12 +1011,16 @@ def train_qformer_reranker(
     dense_emb, n_extra, items = mined.dense, mined.extra_positives, mined.items
     t1 = time.perf_counter()
     vocab = TextVocabulary.build(tokenize, texts)
+    captioning = captioning_steps > 0 or captioning_weight > 0
     model = QFormerCrossEncoder(
         QFormerConfig(
             image_dim=image_tokens.shape[-1],
             vocab_size=len(vocab),
+            layers=layers,
             dense_residual=dense_residual,
             dense_scale_init=_logit_scale(encoder),
+            captioning=captioning,
+            image_tokens=image_tokens.shape[1],
         )
     )
     losses = train_qformer(
@@ -742,8 +1037,25 @@ def train_qformer_reranker(
         lr=lr,
         dense=dense_emb,
         progress=progress,
+        captioning_steps=captioning_steps,
+        captioning_weight=captioning_weight,
     )
     t2 = time.perf_counter()
+    calibration: dict[float, float] = {}
+    if captioning and val_corpus is not None:
+        val = mine_training_data(
+            encoder,
+            val_corpus,
+            tokens_fn,
+            k_mine=k_mine,
+            positives_of=positives_of,
+            dense_residual=dense_residual,
+        )
+        calibration = choose_lm_weight(model, vocab, val, lm_weights, seed=seed)
+        # The best weight; ties go to the smaller one (less reliance on the captioner).
+        best = max(calibration, key=lambda w: (calibration[w], -w))
+        model.config = replace(model.config, lm_weight=best)
+        logger.info("lm_weight %s (validation R@1 per weight: %s)", best, calibration)
     reranker = QFormerReranker(
         model,
         vocab,
@@ -763,6 +1075,9 @@ def train_qformer_reranker(
         "final_loss": float(np.mean(losses[-50:])),
         "parameters": sum(p.numel() for p in model.parameters()),
         "torch_threads": torch.get_num_threads(),
+        "config": asdict(model.config),
+        "validation_r1_by_lm_weight": {str(k): v for k, v in calibration.items()},
+        "calibration_seconds": time.perf_counter() - t2,
     }
     atomic_write_json(Path(out) / "train_record.json", {**record, "losses": losses})
     return record
@@ -780,18 +1095,28 @@ def train_shapes_qformer(
     lr: float = 2e-3,
     dense_residual: bool = True,
     progress: bool = True,
+    layers: int = 2,
+    captioning_steps: int = 0,
+    captioning_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Train the Q-Former reranker on the shapes world with negatives mined by shapes-clip.
 
     Mined candidates that the caption also describes (see
     :func:`~vistrieve.data.shapes.caption_signature`) count as positives, not negatives.
+    A captioning model's ``lm_weight`` is chosen on the val split. The shipped model:
+    ``python -m vistrieve.rerankers.qformer --out runs/qformer-itg --captioning-steps 3000
+    --steps 5000 --captioning-weight 1.0``.
     """
     from vistrieve.data.shapes import Scene, ShapesWorld, caption_signature
     from vistrieve.encoders import create_encoder
 
-    corpus = ShapesWorld(seed=seed, n_train=n_train).corpus("train")
+    world = ShapesWorld(seed=seed, n_train=n_train)
+    corpus = world.corpus("train")
+    val = world.corpus("val")
     encoder = create_encoder("shapes-clip", progress=False)
-    scenes = {i: Scene.from_dict(it.metadata["scene"]) for i, it in corpus.items()}
+    scenes = {
+        i: Scene.from_dict(it.metadata["scene"]) for c in (corpus, val) for i, it in c.items()
+    }
 
     def positives_of(caption: str, owner: str, mined: list[str]) -> set[str]:
         sig = caption_signature(scenes[owner], caption)
@@ -799,7 +1124,8 @@ def train_shapes_qformer(
 
     command = (
         f"python -m vistrieve.rerankers.qformer --out {out} --steps {steps} --seed {seed} "
-        f"--lr {lr} --batch-size {batch_size} --n-train {n_train}"
+        f"--lr {lr} --batch-size {batch_size} --n-train {n_train} --layers {layers} "
+        f"--captioning-steps {captioning_steps} --captioning-weight {captioning_weight}"
         + ("" if dense_residual else " --no-dense-residual")
     )
     return train_qformer_reranker(
@@ -818,6 +1144,10 @@ def train_shapes_qformer(
         seed=seed,
         progress=progress,
         command=command,
+        layers=layers,
+        captioning_steps=captioning_steps,
+        captioning_weight=captioning_weight,
+        val_corpus=val if captioning_steps > 0 or captioning_weight > 0 else None,
     )
 
 
@@ -869,6 +1199,19 @@ if __name__ == "__main__":
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-train", type=int, default=4000)
     p.add_argument("--no-dense-residual", action="store_true")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument(
+        "--captioning-steps",
+        type=int,
+        default=0,
+        help="steps of the captioning loss alone before listwise ITM training",
+    )
+    p.add_argument(
+        "--captioning-weight",
+        type=float,
+        default=0.0,
+        help="weight of the captioning loss during ITM training",
+    )
     p.add_argument(
         "--install-from",
         metavar="DIR",
@@ -886,5 +1229,8 @@ if __name__ == "__main__":
         batch_size=a.batch_size,
         n_train=a.n_train,
         dense_residual=not a.no_dense_residual,
+        layers=a.layers,
+        captioning_steps=a.captioning_steps,
+        captioning_weight=a.captioning_weight,
     )
     sys.stdout.write(json.dumps(result, indent=2) + "\n")

@@ -24,7 +24,7 @@ FAMILY_TARGETS: dict[str, list[str]] = {
     "t5": ["q", "v"],
     "gpt2": ["c_attn"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qformer": ["self_attn", "cross_attn", "mlp.0", "mlp.2"],
+    "qformer": ["q_proj", "k_proj", "v_proj", "out_proj", "mlp.0", "mlp.2"],
     "bert": ["query", "value"],
 }
 """Default LoRA target modules (module-name suffixes) per model family."""
