@@ -11,6 +11,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from vistrieve.data.shapes import ShapesWorld
@@ -28,6 +29,11 @@ def main() -> int:
     p.add_argument("--k", type=int, default=16, help="candidates reranked")
     p.add_argument("--split", default="test", help="test, val, or heldout (combinations)")
     p.add_argument("--out", default="runs/eval-rerank")
+    p.add_argument(
+        "--ablate-lm",
+        action="store_true",
+        help="also rank without the caption likelihood (lm_weight 0) of a captioning model",
+    )
     args = p.parse_args()
     if args.split == "heldout":
         # The held-out-combination split of `vistrieve finetune --data shapes-heldout`.
@@ -47,6 +53,12 @@ def main() -> int:
             k_retrieve=args.k,
         ),
     }
+    if args.ablate_lm and rerank.model.config.lm_weight:
+        itm_only = load_qformer_reranker(args.qformer, corpus, name="qformer-itm")
+        itm_only.model.config = dataclasses.replace(itm_only.model.config, lm_weight=0.0)
+        methods[f"+ qformer, ITM + dense only (lm_weight 0, k={args.k})"] = RetrievalPipeline(
+            dense, [RerankStage(itm_only, k=args.k)], k_retrieve=args.k
+        )
     # Image -> text is not reranked; evaluate text -> image only for every method.
     evaluator = RetrievalEvaluator(corpus, name=f"shapes-{args.split}")
     report = evaluate(

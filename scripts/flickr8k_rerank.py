@@ -10,8 +10,10 @@ The split is the LiT baseline's (``split_by_image(corpus, 800, seed=0)``: 800 tr
 200 test images, 1,000 test captions). A dense-residual Q-Former is trained on the 800
 training images: its queries cross-attend to the frozen EfficientNet-Lite0's 7 x 7 x 1280
 feature map, text is tokenised with MiniLM's tokenizer, hard negatives come from the LiT
-retriever's top 16, and the LiT cosine is the dense anchor. Then text -> image R@1/5/10 on
-the test split: LiT alone, + Q-Former (replace), + Q-Former weighted fusion (0.5).
+retriever's top 16, and the LiT cosine is the dense anchor. With ``--captioning-steps``
+the Q-Former also learns to caption (BLIP-2's ITG) and ``--n-val`` training images are held
+out to choose the weight of its caption likelihood. Then text -> image R@1/5/10 on the
+test split: LiT alone, + Q-Former (replace), + Q-Former weighted fusion (0.5).
 """
 
 from __future__ import annotations
@@ -56,9 +58,21 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--captioning-steps", type=int, default=0)
+    p.add_argument("--captioning-weight", type=float, default=0.0)
+    p.add_argument(
+        "--n-val",
+        type=int,
+        default=100,
+        help="training images held out to choose lm_weight (captioning models only)",
+    )
     args = p.parse_args()
     encoder = LitEncoder.from_pretrained(args.lit, progress=False)
     train, test = split_by_image(load_flickr8k(args.data), 800, seed=args.seed)
+    captioning = args.captioning_steps > 0 or args.captioning_weight > 0
+    val = None
+    if captioning:
+        train, val = split_by_image(train, len(train) - args.n_val, seed=args.seed)
     tokenizer = encoder.text_tower.tokenizer
 
     def tokenize(texts: list[str]):  # type: ignore[no-untyped-def]
@@ -76,6 +90,9 @@ def main() -> int:
         steps=args.steps,
         seed=args.seed,
         command=" ".join(["python", *sys.argv]),
+        captioning_steps=args.captioning_steps,
+        captioning_weight=args.captioning_weight,
+        val_corpus=val,
     )
     sys.stdout.write(f"trained: {record}\n")
     model, token_ids, _ = QFormerReranker.load_model(f"{args.out}/qformer")
