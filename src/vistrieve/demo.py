@@ -73,10 +73,24 @@ def _llm_sections(write: Writer, world: Any, corpus: Any, retriever: Any, exampl
         write(f'   agent: "{reply.question}"')
 
 
+def _tells_apart(corpus: Any, item: Any, other_id: str) -> bool:
+    """Whether ``item``'s first caption describes the image ``other_id`` differently (shapes
+    scenes); an example correction should not be between two images the query fits."""
+    from vistrieve.data.shapes import Scene, caption_signature
+
+    scene, other = item.metadata.get("scene"), corpus[other_id].metadata.get("scene")
+    if scene is None or other is None:
+        return True
+    caption = item.captions[0]
+    return caption_signature(Scene.from_dict(scene), caption) != caption_signature(
+        Scene.from_dict(other), caption
+    )
+
+
 def _rerank_section(write: Writer, corpus: Any, retriever: Any, *, n: int | None = None) -> None:
-    """First stage -> the shipped Q-Former reranker (weighted fusion over the top 16): one
-    query the reranker corrects, and its measured effect over the first caption of ``n``
-    images (default all)."""
+    """First stage -> the shipped Q-Former reranker (its logit includes the first stage's
+    scaled cosine) over the top 16: one query the reranker corrects, and its measured effect
+    over the first caption of ``n`` images (default all)."""
     from vistrieve.pipeline import RerankStage, RetrievalPipeline
     from vistrieve.rerankers.qformer import EMBEDDED, load_qformer_reranker
     from vistrieve.types import Query
@@ -87,9 +101,7 @@ def _rerank_section(write: Writer, corpus: Any, retriever: Any, *, n: int | None
         write(f"\n== reranking skipped: {exc}")
         return
     k = 16
-    pipe = RetrievalPipeline(
-        retriever, [RerankStage(reranker, k=k, fusion="weighted")], k_retrieve=k
-    )
+    pipe = RetrievalPipeline(retriever, [RerankStage(reranker, k=k)], k_retrieve=k)
     items = list(corpus.values())[:n]
     queries = [Query(text=it.captions[0]) for it in items]
     t0 = time.perf_counter()
@@ -99,8 +111,15 @@ def _rerank_section(write: Writer, corpus: Any, retriever: Any, *, n: int | None
     seconds = time.perf_counter() - t0
     good = [hs[0].id == it.id for hs, it in zip(first, items, strict=True)]
     fixed = [hs[0].id == it.id for hs, it in zip(after, items, strict=True)]
-    write(f"\n== reranking: {retriever.name} top {k} -> Q-Former, weighted fusion 0.5")
-    example = next((i for i in range(len(items)) if fixed[i] and not good[i]), None)
+    write(f"\n== reranking: {retriever.name} top {k} -> Q-Former (ITM + caption likelihood)")
+    example = next(
+        (
+            i
+            for i in range(len(items))
+            if fixed[i] and not good[i] and _tells_apart(corpus, items[i], first[i][0].id)
+        ),
+        None,
+    )
     if example is not None:
         it = items[example]
         write(f' query: "{it.captions[0]}" (target {it.id})')

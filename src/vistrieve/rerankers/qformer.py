@@ -259,10 +259,14 @@ class QFormerCrossEncoder(nn.Module):
         image-dependent queries; and the last layer computes only the query rows, which
         are all that the ITM head reads.
         """
+        return self._itm(self._image(image_tokens), text_ids)
+
+    def _itm(
+        self, image: list[tuple[torch.Tensor, torch.Tensor]], text_ids: torch.Tensor
+    ) -> torch.Tensor:
         nq = self.config.num_queries
         uniq, inverse = torch.unique(text_ids, dim=0, return_inverse=True)
         pad_u = uniq == 0
-        image = self._image(image_tokens)
         first = self._blocks()[0]
         x = torch.cat([self.queries.expand(len(uniq), -1, -1), self._text(uniq)], 1)
         h = first.ln1(x)
@@ -295,13 +299,17 @@ class QFormerCrossEncoder(nn.Module):
         token) given the image and the tokens before it; 0 at padding."""
         if not self.config.captioning:
             raise ValueError("this Q-Former has no captioning head (QFormerConfig.captioning)")
+        return self._token_logprobs(self._image(image_tokens), text_ids)
+
+    def _token_logprobs(
+        self, image: list[tuple[torch.Tensor, torch.Tensor]], text_ids: torch.Tensor
+    ) -> torch.Tensor:
         # Shared work as in itm_logit: the queries never see text, so until they attend to
         # the image they are the same for every pair, and layer 0's text rows (which see
         # only those queries and earlier tokens) are computed once per distinct text; the
         # last layer skips the query rows, which the language-model head does not read.
         uniq, inverse = torch.unique(text_ids, dim=0, return_inverse=True)
         t = uniq.shape[1]
-        image = self._image(image_tokens)
         causal = torch.ones(t, t, dtype=torch.bool, device=text_ids.device).tril()
         # Text rows see every query and the earlier non-padding tokens.
         allowed_u = torch.cat(
@@ -347,9 +355,10 @@ class QFormerCrossEncoder(nn.Module):
         (B, T); ``dense`` (B,) is the dual encoder's cosine of each pair (``dense_residual``
         models). The logit is ``itm_weight * ITM + lm_weight * log p(text | image)``, plus
         the learned scale times ``dense``."""
-        logit = self.matching_logit(image_tokens, text_ids, dense)
+        image = self._image(image_tokens)  # shared by both terms
+        logit = self._matching(image, text_ids, dense)
         if self.config.lm_weight:
-            logit = logit + self.config.lm_weight * self.text_logprob(image_tokens, text_ids)
+            logit = logit + self.config.lm_weight * self._token_logprobs(image, text_ids).sum(1)
         return logit
 
     def matching_logit(
@@ -360,10 +369,18 @@ class QFormerCrossEncoder(nn.Module):
     ) -> torch.Tensor:
         """``itm_weight * ITM`` plus the scaled dense cosine: the logit without the
         captioning term (what listwise training optimises)."""
+        return self._matching(self._image(image_tokens), text_ids, dense)
+
+    def _matching(
+        self,
+        image: list[tuple[torch.Tensor, torch.Tensor]],
+        text_ids: torch.Tensor,
+        dense: torch.Tensor | None,
+    ) -> torch.Tensor:
         c = self.config
         if c.dense_residual and dense is None:
             raise ValueError("this Q-Former adds the dual-encoder score: pass dense= cosines")
-        logit = self.itm_logit(image_tokens, text_ids)
+        logit = self._itm(image, text_ids)
         if c.itm_weight != 1.0:
             logit = c.itm_weight * logit
         if c.dense_residual:
@@ -932,10 +949,11 @@ def choose_lm_weight(
     for w in weights:
         score, pos, hits = base + w * lm, 0, 0
         for r in rows:
-            cands = sorted(data.positives[r]) + list(data.negatives[r])
-            best = cands[int(score[pos : pos + len(cands)].argmax())]
-            hits += best in data.positives[r]
-            pos += len(cands)
+            n_pos, n_neg = len(data.positives[r]), len(data.negatives[r])
+            own = score[pos : pos + n_pos + n_neg]
+            # A tie with a negative counts as a miss: no credit for candidate order.
+            hits += n_neg == 0 or bool(own[:n_pos].max() > own[n_pos:].max())
+            pos += n_pos + n_neg
         out[float(w)] = 100.0 * hits / max(len(rows), 1)
     return out
 
