@@ -184,7 +184,8 @@ def _families() -> dict[str, Any]:
 
     def qformer() -> tuple[nn.Module, Any]:
         torch.manual_seed(0)
-        cfg = QFormerConfig(width=32, layers=1, heads=4, num_queries=2, image_dim=8, vocab_size=20)
+        cfg = QFormerConfig(width=32, layers=2, heads=4, num_queries=2, image_dim=8, vocab_size=20,
+                            captioning=True, lm_weight=0.5)  # fmt: skip
         img, txt = torch.randn(2, 5, 8), torch.randint(1, 20, (2, 6))
         return QFormerCrossEncoder(cfg), lambda m: m(img, txt)
 
@@ -299,7 +300,9 @@ def test_finetune_reranker_two_steps(tmp_path: Path) -> None:
     from vistrieve.data.shapes import ShapesWorld
     from vistrieve.rerankers.qformer import load_qformer_reranker, train_shapes_qformer
 
-    train_shapes_qformer(tmp_path / "q", steps=2, n_train=16, progress=False)
+    # A captioning base: the adapter must carry over to both of its heads.
+    train_shapes_qformer(tmp_path / "q", steps=2, n_train=16, n_val=4, captioning_steps=1,
+                         progress=False)  # fmt: skip
     out = tmp_path / "rr"
     argv = ["finetune", "reranker", "--base", str(tmp_path / "q"), "--n-train", "16",
             "--n-val", "6", "--batch-size", "4", "--out", str(out), *COMMON]  # fmt: skip
@@ -308,7 +311,7 @@ def test_finetune_reranker_two_steps(tmp_path: Path) -> None:
     assert {"val_rerank_R@1", "val_first_stage_R@1", "val_first_stage_R@16"} <= set(r["frozen"])
     corpus = ShapesWorld(seed=0, n_train=0, n_val=0, n_test=4).corpus("test")
     rr = load_qformer_reranker(tmp_path / "q", corpus, adapter=out / "adapter")
-    assert "+finetuned:" in rr.name
+    assert "+finetuned:" in rr.name and rr.model.config.captioning
 
 
 def test_finetune_hash_two_steps(tmp_path: Path) -> None:

@@ -1114,6 +1114,7 @@ def train_shapes_qformer(
     dense_residual: bool = True,
     progress: bool = True,
     layers: int = 2,
+    n_val: int = 500,
     captioning_steps: int = 0,
     captioning_weight: float = 0.0,
 ) -> dict[str, Any]:
@@ -1128,7 +1129,7 @@ def train_shapes_qformer(
     from vistrieve.data.shapes import Scene, ShapesWorld, caption_signature
     from vistrieve.encoders import create_encoder
 
-    world = ShapesWorld(seed=seed, n_train=n_train)
+    world = ShapesWorld(seed=seed, n_train=n_train, n_val=n_val)
     corpus = world.corpus("train")
     val = world.corpus("val")
     encoder = create_encoder("shapes-clip", progress=False)
@@ -1142,7 +1143,8 @@ def train_shapes_qformer(
 
     command = (
         f"python -m vistrieve.rerankers.qformer --out {out} --steps {steps} --seed {seed} "
-        f"--lr {lr} --batch-size {batch_size} --n-train {n_train} --layers {layers} "
+        f"--lr {lr} --batch-size {batch_size} --n-train {n_train} --n-val {n_val} "
+        f"--layers {layers} "
         f"--captioning-steps {captioning_steps} --captioning-weight {captioning_weight}"
         + ("" if dense_residual else " --no-dense-residual")
     )
@@ -1216,6 +1218,9 @@ if __name__ == "__main__":
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-train", type=int, default=4000)
+    p.add_argument(
+        "--n-val", type=int, default=500, help="val base images (choose lm_weight on them)"
+    )
     p.add_argument("--no-dense-residual", action="store_true")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument(
@@ -1248,6 +1253,7 @@ if __name__ == "__main__":
         n_train=a.n_train,
         dense_residual=not a.no_dense_residual,
         layers=a.layers,
+        n_val=a.n_val,
         captioning_steps=a.captioning_steps,
         captioning_weight=a.captioning_weight,
     )
