@@ -554,6 +554,10 @@ def _block_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals[:, :k], idx[:, :k]
 
 
+_FEW_QUERIES = 8
+"""Query blocks up to this size are scored with torch matmul, larger ones with numpy."""
+
+
 class ExactIndex(BaseIndex):
     """Exact top-k search by blocked matrix multiply in torch.
 
@@ -717,10 +721,18 @@ class ExactIndex(BaseIndex):
                 for b, qs in enumerate(range(0, nq, qb)):
                     q = q_all[qs : qs + qb]
                     s = score_buf[: q.shape[0] * (de - ds)].view(q.shape[0], de - ds)
-                    # numpy's OpenBLAS sgemm is markedly faster than torch's MKL one on
-                    # AMD CPUs (about 140 vs 95 GFLOP/s on the 2-core development machine).
                     s_np = s.numpy()
-                    np.matmul(q.numpy(), block_np_t, out=s_np)
+                    if q.shape[0] <= _FEW_QUERIES:
+                        # A few queries (online search) are memory-bound, and OpenBLAS's
+                        # threads keep spinning after a call while torch's own pool runs
+                        # the next stage: a reranker after this search ran 3x slower on
+                        # 2 cores. torch's pool serves both.
+                        torch.mm(q, block.T, out=s)
+                    else:
+                        # numpy's OpenBLAS sgemm is markedly faster than torch's MKL one on
+                        # AMD CPUs (about 140 vs 95 GFLOP/s on the 2-core development
+                        # machine).
+                        np.matmul(q.numpy(), block_np_t, out=s_np)
                     if sq is not None:
                         # 2 q.x - |x|^2 ranks like -|q - x|^2; |q|^2 is added at the end.
                         s_np *= 2.0
