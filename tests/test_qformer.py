@@ -471,3 +471,27 @@ def test_captioning_shortcuts_match_the_full_causal_forward(layers: int) -> None
         logp = torch.log_softmax(model.lm_head(model.ln(x[:, nq:-1])), -1)
         want = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * (ids[:, 1:] != 0)
         torch.testing.assert_close(model.token_logprobs(image, ids), want)
+
+
+def test_eval_cli_takes_a_reranking_pipeline_as_a_method(tmp_path: Path) -> None:
+    import json
+
+    from vistrieve.cli import main
+
+    out = tmp_path / "eval"
+    code = main(["eval", "--dataset", "shapes", "--shapes-n", "12", "--encoder", "shapes-clip",
+                 "--rerank", "embedded", "--rerank-k", "4", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    label = "shapes-clip + qformer (k=4, replace)"
+    assert set(report["methods"]) == {"shapes-clip", label}
+    reranked = report["methods"][label]
+    assert "shapes-test_text_to_image_R@1" in reranked["metrics"]
+    assert not any("image_to_text" in key for key in reranked["metrics"])  # text queries only
+    # R@5 and R@10 come from the reranked top 4, the rest of the list is dropped.
+    assert reranked["metrics"]["shapes-test_text_to_image_R@5"] <= report["methods"][
+        "shapes-clip"
+    ]["metrics"]["shapes-test_text_to_image_R@5"] + 1e-9
+    with pytest.raises(SystemExit, match="retrieval"):
+        main(["eval", "--dataset", "shapes", "--task", "composed", "--encoder", "shapes-clip",
+              "--rerank", "embedded", "--out", str(out)])  # fmt: skip

@@ -22,6 +22,9 @@ Examples::
     vistrieve eval --dataset shapes --encoder shapes-clip --encoder clip-tiny-test \\
         --index-dir runs/idx --out runs/cmp
 
+    # the dual encoder alone and followed by the shipped Q-Former over its top 16
+    vistrieve eval --dataset shapes --encoder shapes-clip --rerank embedded --out runs/rr
+
 Reproducing open_clip's published zero-shot Flickr30k numbers (needs the OpenAI ViT-B-32
 weights available to open_clip, the Flickr30k images and the Karpathy split file)::
 
@@ -116,6 +119,21 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--grace", action="append", help="method: a saved GRACE generative retriever (repeatable)"
     )
     m.add_argument("--grace-beams", type=int, default=10, help="beam width of --grace methods")
+    m.add_argument(
+        "--rerank",
+        metavar="DIR",
+        help=(
+            "also evaluate every --encoder / --index-dir method followed by this Q-Former "
+            "reranker (a saved directory or 'embedded'; text -> image, retrieval task)"
+        ),
+    )
+    m.add_argument("--rerank-k", type=int, default=16, help="candidates the reranker re-scores")
+    m.add_argument(
+        "--fusion",
+        choices=("replace", "weighted", "rrf"),
+        default="replace",
+        help="how the reranker's score combines with the first stage's (pipeline fusion)",
+    )
     m.add_argument("--index", default="exact", help="index built for --encoder methods")
     m.add_argument("--device", help="encoder device (default cpu)")
     m.add_argument("--batch-size", type=int, help="encoder batch size")
@@ -250,6 +268,13 @@ def _method_specs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], s
         raise SystemExit("--model/--pretrained apply to a bare --encoder open_clip or hf")
     if not specs and not args.index_dir and not args.grace:
         raise SystemExit("give at least one method: --encoder SPEC, --index-dir DIR or --grace DIR")
+    if args.rerank:
+        if not specs and not args.index_dir:
+            raise SystemExit("--rerank needs a first stage: --encoder SPEC or --index-dir DIR")
+        if set(args.task or ["retrieval"]) != {"retrieval"}:
+            raise SystemExit("--rerank applies to --task retrieval (text -> image) only")
+        if args.rerank_k <= 0:
+            raise SystemExit(f"--rerank-k must be positive, got {args.rerank_k}")
     return [_encoder_args(spec, args) for spec in specs]
 
 
@@ -277,6 +302,18 @@ def _methods(
         label = _unique(str(directory), methods)
         methods[label] = retriever
         notes[label] = _index_notes(retriever, corpus, directory)
+    if args.rerank:
+        from vistrieve.pipeline import RerankStage, RetrievalPipeline
+        from vistrieve.rerankers.qformer import load_qformer_reranker
+
+        reranker = load_qformer_reranker(args.rerank, corpus)
+        for first in list(methods):
+            label = _unique(f"{first} + qformer (k={args.rerank_k}, {args.fusion})", methods)
+            stage = RerankStage(reranker, k=args.rerank_k, fusion=args.fusion)
+            methods[label] = RetrievalPipeline(methods[first], [stage], k_retrieve=args.rerank_k)
+            notes[label] = [
+                f"the Q-Former reranker {args.rerank} re-scores the top {args.rerank_k} of {first}"
+            ]
     for directory in args.grace or []:
         from vistrieve.generative import GraceRetriever
 
