@@ -489,9 +489,10 @@ def test_eval_cli_takes_a_reranking_pipeline_as_a_method(tmp_path: Path) -> None
     assert "shapes-test_text_to_image_R@1" in reranked["metrics"]
     assert not any("image_to_text" in key for key in reranked["metrics"])  # text queries only
     # R@5 and R@10 come from the reranked top 4, the rest of the list is dropped.
-    assert reranked["metrics"]["shapes-test_text_to_image_R@5"] <= report["methods"][
-        "shapes-clip"
-    ]["metrics"]["shapes-test_text_to_image_R@5"] + 1e-9
+    assert (
+        reranked["metrics"]["shapes-test_text_to_image_R@5"]
+        <= report["methods"]["shapes-clip"]["metrics"]["shapes-test_text_to_image_R@5"] + 1e-9
+    )
     with pytest.raises(SystemExit, match="retrieval"):
         main(["eval", "--dataset", "shapes", "--task", "composed", "--encoder", "shapes-clip",
               "--rerank", "embedded", "--out", str(out)])  # fmt: skip
