@@ -247,12 +247,12 @@ def train(data: dict[str, Any], encoder: Any, args: argparse.Namespace) -> None:
             cos = (te["temb"][r][None] * te["iemb"][m]).sum(-1)
             text = ids[j : j + 1].expand(len(m), -1)
             scores = {"dual encoder": cos}
-            itm = None
+            itm, lm = model.score_terms(tok_te[m], text, cos if resid else None)
             if args.steps > args.captioning_steps:  # the ITM head was trained
-                itm = model.matching_logit(tok_te[m], text, cos if resid else None)
                 scores["ITM" + (" + dense" if resid else "")] = itm
-            if captioning:
-                lm = model.text_logprob(tok_te[m], text)
+            else:
+                itm = None
+            if lm is not None:
                 scores["log p(caption | image)"] = lm
                 scores["log p + 20 * cosine"] = lm + 20 * cos
                 if itm is not None:

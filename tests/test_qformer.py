@@ -251,23 +251,28 @@ def test_warm_caches_patch_tokens_and_dense_embeddings() -> None:
     assert encoder.image_passes == passes  # type: ignore[attr-defined]  # nothing re-encoded
 
 
-def _reference_itm(model: QFormerCrossEncoder, image: torch.Tensor, ids: torch.Tensor):  # type: ignore[no-untyped-def]
-    """Every pair through every layer, all rows: the textbook Q-Former forward."""
-    c = model.config
-    b = ids.shape[0]
-    x = torch.cat(
-        [model.queries.expand(b, -1, -1), model.token_emb(ids) + model.pos_emb[: ids.shape[1]]], 1
-    )
-    keep = torch.cat([torch.ones(b, c.num_queries, dtype=torch.bool), ids != 0], 1)[:, None, None]
-    img = model.image_proj(image) + (model.image_pos if c.image_tokens else 0)
+def _reference_states(  # type: ignore[no-untyped-def]
+    model: QFormerCrossEncoder, image: torch.Tensor, ids: torch.Tensor, *, causal: bool = False
+):
+    """Every pair through every layer, all rows: the textbook Q-Former pass (BLIP-2's ITG
+    mask when ``causal``: queries see queries, text sees the queries and earlier text)."""
+    nq, (b, t) = model.config.num_queries, ids.shape
+    x = torch.cat([model.queries.expand(b, -1, -1), model.token_emb(ids) + model.pos_emb[:t]], 1)
+    keep = torch.cat([torch.ones(b, nq, dtype=torch.bool), ids != 0], 1)[:, None, None, :]
+    if causal:
+        mask = torch.zeros(nq + t, nq + t, dtype=torch.bool)
+        mask[:, :nq] = True
+        mask[nq:, nq:] = torch.ones(t, t, dtype=torch.bool).tril()
+        keep = mask[None, None] & keep
+    img = model.image_proj(image) + (model.image_pos if model.config.image_tokens else 0)
     for layer in model.layers:
         h = layer.ln1(x)
         x = x + layer.self_attn.attend(h, *layer.self_attn.kv(h), keep)
-        q = x[:, : c.num_queries]
+        q = x[:, :nq]
         q = q + layer.cross_attn.attend(layer.ln2(q), *layer.cross_attn.kv(img))
-        x = torch.cat([q, x[:, c.num_queries :]], 1)
+        x = torch.cat([q, x[:, nq:]], 1)
         x = x + layer.mlp(layer.ln3(x))
-    return model.itm_head(model.ln(x[:, : c.num_queries]).mean(1)).squeeze(-1)
+    return model.ln(x)
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
@@ -283,7 +288,9 @@ def test_itm_shortcuts_match_the_full_forward(layers: int) -> None:
     ids[:4] = ids[0]  # one text against four images, as in reranking
     ids[5:, 4:] = 0  # padding
     with torch.no_grad():
-        torch.testing.assert_close(model.itm_logit(image, ids), _reference_itm(model, image, ids))
+        states = _reference_states(model, image, ids)[:, : cfg.num_queries]
+        want = model.itm_head(states.mean(1)).squeeze(-1)
+        torch.testing.assert_close(model.itm_logit(image, ids), want)
     with pytest.raises(ValueError, match="5 image tokens"):
         model(torch.randn(1, 4, 6), ids[:1])
     with pytest.raises(ValueError, match="max_text_len"):
@@ -339,6 +346,12 @@ def test_captioning_head_is_causal_and_ignores_padding() -> None:
         torch.testing.assert_close(
             model(image, ids), model.matching_logit(image, ids) + 0.5 * total
         )
+        # Both terms from one encoding of the image; the captioning one only when asked.
+        matching, lm = model.score_terms(image, ids)
+        torch.testing.assert_close(matching, model.matching_logit(image, ids))
+        assert lm is not None
+        torch.testing.assert_close(lm, total)
+        assert model.score_terms(image, ids, captioning=False)[1] is None
     with pytest.raises(ValueError, match="captioning"):
         QFormerCrossEncoder(CFG).text_logprob(image, ids)
     with pytest.raises(ValueError, match="lm_weight needs captioning"):
@@ -448,27 +461,9 @@ def test_captioning_shortcuts_match_the_full_causal_forward(layers: int) -> None
     ids = torch.randint(1, 12, (7, 6))
     ids[:3] = ids[0]
     ids[4:, 3:] = 0
-    nq, (b, t) = CFG.num_queries, ids.shape
-    # Textbook BLIP-2 ITG pass: one (queries + text) sequence per pair under the causal mask.
-    x = torch.cat([model.queries.expand(b, -1, -1), model.token_emb(ids) + model.pos_emb[:t]], 1)
-    mask = torch.zeros(nq + t, nq + t, dtype=torch.bool)
-    mask[:nq, :nq] = True
-    mask[nq:, :nq] = True
-    mask[nq:, nq:] = torch.ones(t, t, dtype=torch.bool).tril()
-    keep = (
-        mask[None, None]
-        & torch.cat([torch.ones(b, nq, dtype=torch.bool), ids != 0], 1)[:, None, None, :]
-    )
-    img = model.image_proj(image)
     with torch.no_grad():
-        for layer in model.layers:
-            h = layer.ln1(x)
-            x = x + layer.self_attn.attend(h, *layer.self_attn.kv(h), keep)
-            q = x[:, :nq]
-            q = q + layer.cross_attn.attend(layer.ln2(q), *layer.cross_attn.kv(img))
-            x = torch.cat([q, x[:, nq:]], 1)
-            x = x + layer.mlp(layer.ln3(x))
-        logp = torch.log_softmax(model.lm_head(model.ln(x[:, nq:-1])), -1)
+        text = _reference_states(model, image, ids, causal=True)[:, CFG.num_queries : -1]
+        logp = torch.log_softmax(model.lm_head(text), -1)
         want = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * (ids[:, 1:] != 0)
         torch.testing.assert_close(model.token_logprobs(image, ids), want)
 

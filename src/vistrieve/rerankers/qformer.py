@@ -355,11 +355,27 @@ class QFormerCrossEncoder(nn.Module):
         (B, T); ``dense`` (B,) is the dual encoder's cosine of each pair (``dense_residual``
         models). The logit is ``itm_weight * ITM + lm_weight * log p(text | image)``, plus
         the learned scale times ``dense``."""
-        image = self._image(image_tokens)  # shared by both terms
-        logit = self._matching(image, text_ids, dense)
-        if self.config.lm_weight:
-            logit = logit + self.config.lm_weight * self._token_logprobs(image, text_ids).sum(1)
-        return logit
+        matching, lm = self.score_terms(
+            image_tokens, text_ids, dense, captioning=bool(self.config.lm_weight)
+        )
+        return matching if lm is None else matching + self.config.lm_weight * lm
+
+    def score_terms(
+        self,
+        image_tokens: torch.Tensor,
+        text_ids: torch.Tensor,
+        dense: torch.Tensor | None = None,
+        *,
+        captioning: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The two terms of the reranking logit, with the image encoded once for both:
+        :meth:`matching_logit` and, when ``captioning`` (and the model has the head),
+        :meth:`text_logprob` (else None)."""
+        image = self._image(image_tokens)
+        matching = self._matching(image, text_ids, dense)
+        if not (captioning and self.config.captioning):
+            return matching, None
+        return matching, self._token_logprobs(image, text_ids).sum(1)
 
     def matching_logit(
         self,
@@ -807,13 +823,12 @@ def train_qformer(
         if step >= captioning_steps:
             rows, idx = sample_listwise(rng, positives, negatives, n_img, batch_size, n_neg, hard)
             loss = listwise_loss(model, image_tokens, text_ids, rows, idx, dense)
-        if captioning:
-            weight = 1.0 if step < captioning_steps else captioning_weight
+        weight = 1.0 if step < captioning_steps else captioning_weight
+        if captioning and weight:
             size = min(captioning_batch_size, len(texts))
             crow = rng.choice(len(texts), size=size, replace=False)
             irow = np.array([pos_lists[r][int(rng.integers(len(pos_lists[r])))] for r in crow])
-            if weight:
-                loss = loss + weight * captioning_loss(model, image_tokens, text_ids, crow, irow)
+            loss = loss + weight * captioning_loss(model, image_tokens, text_ids, crow, irow)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -941,9 +956,10 @@ def choose_lm_weight(
             cos = None
             if data.dense is not None and model.config.dense_residual:
                 cos = (data.dense[0][tr] * data.dense[1][ir]).sum(-1)
-            tokens, ids = data.image_tokens[ir], text_ids[tr]
-            base_parts.append(model.matching_logit(tokens, ids, cos))
-            lm_parts.append(model.text_logprob(tokens, ids))
+            matching, lm = model.score_terms(data.image_tokens[ir], text_ids[tr], cos)
+            assert lm is not None  # a captioning model, checked above
+            base_parts.append(matching)
+            lm_parts.append(lm)
     base, lm = torch.cat(base_parts), torch.cat(lm_parts)
     out: dict[float, float] = {}
     for w in weights:
@@ -1131,11 +1147,11 @@ def train_shapes_qformer(
 
     world = ShapesWorld(seed=seed, n_train=n_train, n_val=n_val)
     corpus = world.corpus("train")
-    val = world.corpus("val")
+    # Only a captioning model has an lm_weight to choose on the val split.
+    val = world.corpus("val") if captioning_steps > 0 or captioning_weight > 0 else None
     encoder = create_encoder("shapes-clip", progress=False)
-    scenes = {
-        i: Scene.from_dict(it.metadata["scene"]) for c in (corpus, val) for i, it in c.items()
-    }
+    corpora = [corpus] if val is None else [corpus, val]
+    scenes = {i: Scene.from_dict(it.metadata["scene"]) for c in corpora for i, it in c.items()}
 
     def positives_of(caption: str, owner: str, mined: list[str]) -> set[str]:
         sig = caption_signature(scenes[owner], caption)
@@ -1167,7 +1183,7 @@ def train_shapes_qformer(
         layers=layers,
         captioning_steps=captioning_steps,
         captioning_weight=captioning_weight,
-        val_corpus=val if captioning_steps > 0 or captioning_weight > 0 else None,
+        val_corpus=val,
     )
 
 
