@@ -3,7 +3,7 @@
 Both indexes hold the same random L2-normalised float32 vectors (generated in chunks, so
 the raw data never exists as one array) and answer the same queries in the same run:
 
-* ``exact``: :class:`vistrieve.retrievers.index.ExactIndex`, a blocked ``torch`` matmul with a
+* ``exact``: :class:`vistrieve.indexes.ExactIndex`, a blocked ``torch`` matmul with a
   running ``torch.topk`` merge (``search_arrays``: scores and positions, no ``Hit`` objects);
 * ``faiss``: ``faiss.IndexFlatIP.search``, with ``faiss.omp_set_num_threads`` set to the
   number of cores this process may use (torch keeps its default intra-op thread count;
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
     import torch
 
-    from vistrieve.retrievers.index import ExactIndex
+    from vistrieve.indexes import ExactIndex
 
     threads = _cores()
     faiss.omp_set_num_threads(threads)

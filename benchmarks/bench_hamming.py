@@ -8,9 +8,9 @@ i.e. sign random projections (SimHash), the untrained stand-in for a hash model.
 
 Measured:
 
-* ``float``: :class:`vistrieve.retrievers.index.ExactIndex` (blocked matmul + top-k)
+* ``float``: :class:`vistrieve.indexes.ExactIndex` (blocked matmul + top-k)
   over the float vectors, queries/s of ``search_arrays``;
-* ``hamming``: :class:`vistrieve.retrievers.binary_index.BinaryHashIndex` (FAISS
+* ``hamming``: :class:`vistrieve.indexes.BinaryHashIndex` (FAISS
   ``IndexBinaryFlat`` behind ``IndexBinaryIDMap2``), queries/s of a plain Hamming
   ``search_arrays``;
 * memory per item of each: the vector / code payload (``d * 4`` and ``bits / 8`` bytes)
@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
     import torch
 
-    from vistrieve.retrievers.binary_index import BinaryHashIndex
-    from vistrieve.retrievers.index import ExactIndex
+    from vistrieve.indexes import BinaryHashIndex, ExactIndex
 
     threads = _cores()
     faiss.omp_set_num_threads(args.faiss_threads or threads)

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from vistrieve.adapters import load_finetuned
 from vistrieve.data.shapes import ShapesWorld
 from vistrieve.data.tasks import DialogDataset
 from vistrieve.encoders import create_encoder
@@ -31,7 +32,7 @@ from vistrieve.query_rewriting.chat import DialogSummaryRewriter
 from vistrieve.query_rewriting.llm import HFChatLLM, load_smollm2
 from vistrieve.query_rewriting.prompts import DIALOG_SUMMARY
 from vistrieve.retrievers.dense import DenseRetriever
-from vistrieve.training.finetune import FinetuneConfig, finetune, load_finetuned
+from vistrieve.training.finetune import FinetuneConfig, finetune
 from vistrieve.training.tasks import RewriterFinetuneTask, shapes_dialog_pairs
 
 

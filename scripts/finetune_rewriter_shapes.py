@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from vistrieve.adapters import load_finetuned
 from vistrieve.data.shapes import ShapesWorld
 from vistrieve.encoders import create_encoder
 from vistrieve.evals.runner import ComposedEvaluator, evaluate
@@ -29,7 +30,7 @@ from vistrieve.query_rewriting.captioner import load_shapes_captioner
 from vistrieve.query_rewriting.cirevl import CachedCaptioner, CIReVLRewriter
 from vistrieve.query_rewriting.llm import HFChatLLM, ReplayCache, load_smollm2
 from vistrieve.retrievers.dense import DenseRetriever
-from vistrieve.training.finetune import FinetuneConfig, finetune, load_finetuned
+from vistrieve.training.finetune import FinetuneConfig, finetune
 from vistrieve.training.tasks import RewriterFinetuneTask, shapes_rewrite_pairs
 
 

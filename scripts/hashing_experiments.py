@@ -53,7 +53,7 @@ from vistrieve.hashing.train import (
     shapes_data,
     wiki_data,
 )
-from vistrieve.retrievers.binary_index import BinaryHashIndex
+from vistrieve.indexes import BinaryHashIndex
 from vistrieve.utils.io import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger("hashing_experiments")

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from vistrieve.evals.metrics import hamming_distance
-from vistrieve.retrievers.binary_index import BinaryHashIndex
-from vistrieve.retrievers.index import IndexMismatchError, load_index
+from vistrieve.indexes import BinaryHashIndex, IndexMismatchError, load_index
 
 BITS = 64
 
@@ -119,7 +118,7 @@ def test_loading_with_another_bit_count_is_refused(data, tmp_path) -> None:
     _build("flat", db, ids).save(tmp_path / "ix")
     with pytest.raises(IndexMismatchError, match="64-bit codes but 32-bit codes were expected"):
         BinaryHashIndex.load(tmp_path / "ix", expected_bits=32)
-    with pytest.raises(IndexMismatchError, match="dim 64"):
+    with pytest.raises(IndexMismatchError, match="holds 64-bit codes"):
         load_index(tmp_path / "ix", expected_dim=128)
 
 

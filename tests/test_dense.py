@@ -152,7 +152,7 @@ def test_save_load_round_trip_and_rebuilt_encoder(tmp_path: Path, encoder) -> No
 
 
 def test_load_refuses_other_model(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
-    from vistrieve.retrievers.index import IndexMismatchError
+    from vistrieve.indexes import IndexMismatchError
 
     DenseRetriever.build(encoder, _corpus(tmp_path, 4), directory=tmp_path / "idx")
     other = create_encoder("clip-tiny-test", seed=7)

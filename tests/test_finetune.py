@@ -15,15 +15,9 @@ from torch import nn
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
+from vistrieve.adapters import load_finetuned, read_finetune_meta
 from vistrieve.cli import main  # noqa: E402
-from vistrieve.training.finetune import (  # noqa: E402
-    FinetuneConfig,
-    FinetuneTask,
-    finetune,
-    load_finetuned,
-    read_finetune_meta,
-    save_finetuned,
-)
+from vistrieve.training.finetune import FinetuneConfig, FinetuneTask, finetune, save_finetuned
 
 
 # ------------------------------------------------------------------------- a toy stage
@@ -201,7 +195,7 @@ def _families() -> dict[str, Any]:
 def test_adapter_save_load_merge_round_trip_gives_identical_outputs(
     family: str, tmp_path: Path
 ) -> None:
-    from vistrieve.training.lora import apply_lora, load_adapter
+    from vistrieve.adapters import apply_lora, load_adapter
 
     build = _families()[family]
     base, run = build()

@@ -533,7 +533,7 @@ def test_hash_retriever_retrieves_saves_and_loads(tmp_path, tiny_encoder) -> Non
 
 
 def test_hash_retriever_refuses_a_model_with_other_bits(tiny_encoder) -> None:
-    from vistrieve.retrievers.binary_index import BinaryHashIndex
+    from vistrieve.indexes import BinaryHashIndex
     from vistrieve.retrievers.hashing import HashRetriever
 
     enc = tiny_encoder

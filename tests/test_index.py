@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-import vistrieve.retrievers.index as index_mod
-from vistrieve.retrievers.factory import create_index
-from vistrieve.retrievers.index import (
+import vistrieve.indexes.exact as exact_mod
+from vistrieve.indexes import (
+    INDEXES,
     BaseIndex,
     ExactIndex,
     FaissIndex,
     IndexMismatchError,
+    create_index,
     index_kinds,
     load_index,
     register_index_kind,
@@ -426,7 +427,7 @@ def test_class_load_checks_the_kind(tmp_path: Path) -> None:
     x, _ = _normal(10, 1)
     _filled(ExactIndex(D), x).save(tmp_path / "e")
     assert isinstance(ExactIndex.load(tmp_path / "e"), ExactIndex)
-    with pytest.raises(TypeError, match="holds a ExactIndex, not a FaissIndex"):
+    with pytest.raises(TypeError, match="holds a .exact. index, not a FaissIndex"):
         FaissIndex.load(tmp_path / "e")
 
 
@@ -526,7 +527,7 @@ def test_register_index_kind_extends_load_index(tmp_path: Path) -> None:
         assert type(loaded) is ScaledIndex
         np.testing.assert_array_equal(loaded.search_arrays(q, 3)[1], _truth(x, q, 3))
     finally:
-        index_mod._INDEX_KINDS.pop("scaled-test", None)
+        INDEXES.unregister("scaled-test")
     with pytest.raises(TypeError, match="not a BaseIndex subclass"):
         register_index_kind("bad", dict)  # type: ignore[arg-type]
 
@@ -545,14 +546,14 @@ def test_save_is_atomic(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         raise OSError("disk full")
 
     if name == "exact":
-        real = index_mod.atomic_save_npy
+        real = exact_mod.atomic_save_npy
 
         def failing_save_npy(path: Path, array: np.ndarray) -> None:
             if Path(path).name == "vectors.npy":
                 half_then_fail(path)
             real(path, array)
 
-        monkeypatch.setattr(index_mod, "atomic_save_npy", failing_save_npy)
+        monkeypatch.setattr(exact_mod, "atomic_save_npy", failing_save_npy)
     else:
         monkeypatch.setattr(faiss, "write_index", lambda index, path: half_then_fail(path))
     with pytest.raises(OSError, match="disk full"):

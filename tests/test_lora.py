@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("peft")
 
-from vistrieve.training.lora import (  # noqa: E402
+from vistrieve.adapters import (
     FAMILY_TARGETS,
     apply_lora,
     check_targets,

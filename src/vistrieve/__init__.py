@@ -52,13 +52,13 @@ from vistrieve.types import (
 if TYPE_CHECKING:
     from vistrieve.data.shapes import ShapesWorld as ShapesWorld
     from vistrieve.encoders import create_encoder as create_encoder
+    from vistrieve.indexes import ExactIndex as ExactIndex
+    from vistrieve.indexes import FaissIndex as FaissIndex
+    from vistrieve.indexes import create_index as create_index
+    from vistrieve.indexes import load_index as load_index
     from vistrieve.pipeline import RerankStage as RerankStage
     from vistrieve.pipeline import RetrievalPipeline as RetrievalPipeline
     from vistrieve.retrievers.dense import DenseRetriever as DenseRetriever
-    from vistrieve.retrievers.factory import create_index as create_index
-    from vistrieve.retrievers.index import ExactIndex as ExactIndex
-    from vistrieve.retrievers.index import FaissIndex as FaissIndex
-    from vistrieve.retrievers.index import load_index as load_index
 
 __version__ = "0.1.0"
 
@@ -68,10 +68,10 @@ _LAZY = {
     "RerankStage": "vistrieve.pipeline",
     "create_encoder": "vistrieve.encoders",
     "DenseRetriever": "vistrieve.retrievers.dense",
-    "create_index": "vistrieve.retrievers.factory",
-    "ExactIndex": "vistrieve.retrievers.index",
-    "FaissIndex": "vistrieve.retrievers.index",
-    "load_index": "vistrieve.retrievers.index",
+    "create_index": "vistrieve.indexes",
+    "ExactIndex": "vistrieve.indexes",
+    "FaissIndex": "vistrieve.indexes",
+    "load_index": "vistrieve.indexes",
 }
 
 

@@ -150,8 +150,8 @@ def run_demo(write: Writer, *, n_test: int = 1000, seed: int = 0) -> dict[str, f
     from vistrieve.data.shapes import ShapesWorld
     from vistrieve.encoders import create_encoder
     from vistrieve.evals.metrics import image_text_retrieval_metrics
+    from vistrieve.indexes import ExactIndex
     from vistrieve.retrievers.dense import DenseRetriever
-    from vistrieve.retrievers.index import ExactIndex
     from vistrieve.types import Query
 
     t0 = time.perf_counter()

@@ -54,6 +54,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a no-op when it is not registered), e.g. a plugin's test entry."""
+        self._factories.pop(name, None)
+        self._help.pop(name, None)
+
     def __contains__(self, name: object) -> bool:
         return name in self._factories
 

@@ -115,14 +115,14 @@ def apply_encoder_adapter(encoder: Encoder, adapter: str | os.PathLike[str]) -> 
         FileNotFoundError: ``adapter`` is not a fine-tuning output.
         ValueError: it belongs to another stage, or the encoder type cannot take it.
     """
-    from vistrieve.training.finetune import adapter_digest, load_finetuned
+    from vistrieve.adapters import adapter_digest, load_finetuned
 
     model: Any = getattr(encoder, "model", None)
     if hasattr(encoder, "text_tower") and hasattr(encoder, "heads"):
-        from vistrieve.training.tasks import _LitTextSide
+        from vistrieve.encoders.lit import LitTextSide
 
         lit: Any = encoder
-        side: Any = load_finetuned(_LitTextSide(lit.text_tower, lit.heads), adapter, stage="clip")
+        side: Any = load_finetuned(LitTextSide(lit.text_tower, lit.heads), adapter, stage="clip")
         lit.text_tower, lit.heads = side.tower.eval(), side.heads.eval()
     elif isinstance(model, torch.nn.Module):
         encoder.model = load_finetuned(model, adapter, stage="clip").eval()  # type: ignore[attr-defined]

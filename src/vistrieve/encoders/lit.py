@@ -187,6 +187,16 @@ class LitHeads(nn.Module):
         return heads.eval()
 
 
+class LitTextSide(nn.Module):
+    """The trainable side of the LiT baseline (text tower and both heads), as one module so
+    that a fine-tuning output of it (``vistrieve finetune clip`` on a LiT base) applies."""
+
+    def __init__(self, tower: nn.Module, heads: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+        self.heads = heads
+
+
 class LitEncoder(TorchEncoder):
     """Frozen towers + trained heads; implements the Encoder protocol.
 

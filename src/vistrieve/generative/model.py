@@ -113,7 +113,7 @@ class GraceModel(nn.Module):
     ) -> int:
         """Wrap the LM with peft LoRA adapters (the image projection stays fully trainable).
 
-        ``target_modules=None`` uses :data:`vistrieve.training.lora.FAMILY_TARGETS` for the
+        ``target_modules=None`` uses :data:`vistrieve.adapters.FAMILY_TARGETS` for the
         model family (T5: ``q``, ``v``; GPT-2: ``c_attn``; Llama-style: attention
         projections). Returns the number of trainable parameters. Saving writes the adapter
         in peft's format (``adapter/``) and the merged LM (``lm/``).
@@ -122,7 +122,7 @@ class GraceModel(nn.Module):
             ValueError: no module matches ``target_modules`` (the message lists the layers
                 there are), or ``r`` exceeds a targeted layer's smaller dimension.
         """
-        from vistrieve.training.lora import apply_lora
+        from vistrieve.adapters import apply_lora
 
         self.lm = apply_lora(
             self.lm,

@@ -205,7 +205,7 @@ class GraceRetriever:
 
         model, identifiers = GraceModel.load(directory)
         if adapter is not None:
-            from vistrieve.training.finetune import load_finetuned
+            from vistrieve.adapters import load_finetuned
 
             model.lm = load_finetuned(model.lm, adapter, stage="grace")
         if identifiers is None:

@@ -1,6 +1,6 @@
 """Cross-modal hashing (CMSEH): hash heads, VTFN fusion, losses and training on features.
 
-The binary Hamming index lives in :mod:`vistrieve.retrievers.binary_index` and the hashing
+The binary Hamming index lives in :mod:`vistrieve.indexes` and the hashing
 first stage in :mod:`vistrieve.retrievers.hashing`. Names load lazily (the peft
 ``tuners/lora/__init__.py`` pattern), so that importing :mod:`vistrieve.hashing.train` for
 its command-line options does not import torch.

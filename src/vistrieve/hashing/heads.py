@@ -740,7 +740,7 @@ class CMSEH(nn.Module):
             )
         model.meta = dict(info.get("meta", {}))
         if adapter is not None:
-            from vistrieve.training.finetune import load_finetuned
+            from vistrieve.adapters import load_finetuned
 
             model = load_finetuned(model, adapter, stage="hash")  # type: ignore[assignment]
             model.meta["adapter"] = str(adapter)

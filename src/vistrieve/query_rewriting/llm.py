@@ -240,7 +240,7 @@ class HFChatLLM:
             "name", f"{Path(name_or_path).name}/{gguf_file}" if gguf_file else str(name_or_path)
         )
         if adapter is not None:
-            from vistrieve.training.finetune import adapter_digest, load_finetuned
+            from vistrieve.adapters import adapter_digest, load_finetuned
 
             model = load_finetuned(model, adapter, stage="rewriter")
             kw["name"] = f"{kw['name']}+finetuned:{adapter_digest(adapter)}"

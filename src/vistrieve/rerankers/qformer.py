@@ -1209,7 +1209,7 @@ def load_qformer_reranker(
 
     model, token_ids, name = QFormerReranker.load_model(directory)
     if adapter is not None:
-        from vistrieve.training.finetune import adapter_digest, load_finetuned
+        from vistrieve.adapters import adapter_digest, load_finetuned
 
         model = load_finetuned(model, adapter, stage="reranker")  # type: ignore[assignment]
         name = f"{name}+finetuned:{adapter_digest(adapter)}"

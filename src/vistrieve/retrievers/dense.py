@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vistrieve.retrievers.factory import create_index
+from vistrieve.indexes import create_index
 from vistrieve.types import Corpus, Encoder, Hit, Index, Item, Query
 from vistrieve.utils.io import (
     FORMAT_VERSION,
@@ -405,7 +405,7 @@ class DenseRetriever:
             IndexMismatchError: ``encoder`` is not the model the index was built with.
         """
         from vistrieve.encoders import create_encoder
-        from vistrieve.retrievers.index import load_index
+        from vistrieve.indexes import load_index
 
         root = Path(directory)
         meta_file = root / RETRIEVER_FILE

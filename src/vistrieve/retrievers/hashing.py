@@ -4,7 +4,7 @@
 (``retrieve(queries, k, target="image" | "text")``, ``add``, ``remove``, ``save`` /
 ``load``), so it drops into :class:`~vistrieve.pipeline.RetrievalPipeline` and the evaluation
 runner. Corpus images are encoded, hashed with the image head and stored in a
-:class:`~vistrieve.retrievers.binary_index.BinaryHashIndex`; captions likewise with the
+:class:`~vistrieve.indexes.BinaryHashIndex`; captions likewise with the
 text head (ids ``"{item_id}#{j}"``). A query is encoded by its own modality (text and dialog
 queries by the text head, image queries by the image head) and ranked by Hamming distance;
 with ``rescore=True`` the top ``k * rescore_multiplier`` candidates are re-ranked by the
@@ -24,7 +24,8 @@ from typing import Any, Literal
 import numpy as np
 
 from vistrieve.hashing.heads import CMSEH
-from vistrieve.retrievers.binary_index import BinaryHashIndex, BinaryIndexType
+from vistrieve.indexes import BinaryHashIndex
+from vistrieve.indexes.binary import BinaryIndexType
 from vistrieve.retrievers.dense import (
     BuildReport,
     _caption_ids,

@@ -37,14 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from vistrieve.adapters import FINETUNE_META, untie_state
 from vistrieve.utils.io import atomic_directory, atomic_write, atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("clip", "hash", "reranker", "rewriter", "grace")
 """Stages :func:`finetune` adapts (``vistrieve finetune STAGE``)."""
-
-FINETUNE_META = "vistrieve_finetune.json"
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class FinetuneTask(ABC):
         modules_to_save: Sub-modules trained fully beside the adapters (peft
             ``modules_to_save``), e.g. projection heads.
         default_targets: LoRA targets when the config names none (None: the model
-            family's defaults, :data:`~vistrieve.training.lora.FAMILY_TARGETS`).
+            family's defaults, :data:`~vistrieve.adapters.FAMILY_TARGETS`).
         keep_last: Keep the last evaluated step instead of the best one (for data with no
             validation split independent of the base model's training).
     """
@@ -188,7 +187,7 @@ def prepare_model(task: FinetuneTask, config: FinetuneConfig) -> nn.Module:
         for name, p in task.model.named_parameters():
             p.requires_grad_(task.trainable(name))
         return task.model
-    from vistrieve.training.lora import apply_lora
+    from vistrieve.adapters import apply_lora
 
     targets = config.target_modules or task.default_targets
     return apply_lora(
@@ -221,82 +220,9 @@ def save_finetuned(
             model.save_pretrained(tmp)  # type: ignore[operator]
         else:
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            save_file(_unshare(state), str(tmp / "model.safetensors"))
+            save_file(untie_state(state), str(tmp / "model.safetensors"))
         (tmp / FINETUNE_META).write_text(json.dumps(meta, indent=2))
     return Path(directory)
-
-
-def _tied_keys(state: dict[str, torch.Tensor]) -> set[str]:
-    """Keys whose tensor shares storage with an earlier key (tied embeddings)."""
-    seen: set[int] = set()
-    tied = set()
-    for k, v in state.items():
-        ptr = v.untyped_storage().data_ptr()
-        if ptr in seen:
-            tied.add(k)
-        seen.add(ptr)
-    return tied
-
-
-def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share storage (tied embeddings); clone the repeats.
-    tied = _tied_keys(state)
-    return {k: v.clone() if k in tied else v for k, v in state.items()}
-
-
-def read_finetune_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``vistrieve_finetune.json`` of a fine-tuned directory (stage, base, config)."""
-    path = Path(directory) / FINETUNE_META
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{directory} is not a vistrieve fine-tuning output (no {FINETUNE_META}); give "
-            "OUT/adapter or OUT/model of a `vistrieve finetune` run"
-        )
-    return dict(json.loads(path.read_text()))
-
-
-def adapter_digest(directory: str | os.PathLike[str]) -> str:
-    """A short digest of a fine-tuning output's weights, for names that must change when the
-    adapter does (index manifests, LLM replay caches)."""
-    import hashlib
-
-    root = Path(directory)
-    for name in ("adapter_model.safetensors", "model.safetensors"):
-        if (root / name).is_file():
-            return hashlib.sha256((root / name).read_bytes()).hexdigest()[:10]
-    raise FileNotFoundError(f"{directory} holds no adapter_model.safetensors or model.safetensors")
-
-
-def load_finetuned(
-    base: nn.Module, directory: str | os.PathLike[str], *, stage: str | None = None
-) -> nn.Module:
-    """``base`` with the fine-tuning in ``directory`` applied, ready for inference: a peft
-    adapter is merged into the weights; full fine-tuned weights replace the base's.
-
-    Raises:
-        FileNotFoundError: ``directory`` holds no fine-tuning output.
-        ValueError: the output belongs to another stage than ``stage``.
-    """
-    meta = read_finetune_meta(directory)
-    if stage is not None and meta.get("stage") != stage:
-        raise ValueError(
-            f"{directory} holds a fine-tuned {meta.get('stage')!r} stage, not {stage!r}"
-        )
-    d = Path(directory)
-    if (d / "adapter_config.json").is_file():
-        from vistrieve.training.lora import load_adapter
-
-        return load_adapter(base, d, merge=True).eval()
-    from safetensors.torch import load_file
-
-    state = load_file(str(d / "model.safetensors"))
-    missing, unexpected = base.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if m not in _tied_keys(base.state_dict())]:
-        raise ValueError(
-            f"weights in {d} do not fit the base model: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    return base.eval()
 
 
 def _accelerator(config: FinetuneConfig) -> Any:
@@ -362,7 +288,7 @@ def finetune(
     acc = _accelerator(config)
     torch.manual_seed(config.seed)
     model = prepare_model(task, config)
-    from vistrieve.training.lora import trainable_parameters
+    from vistrieve.adapters import trainable_parameters
 
     trainable, total = trainable_parameters(model)
     if trainable == 0:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vistrieve.encoders.lit import LitTextSide
 from vistrieve.training.finetune import FinetuneTask
 from vistrieve.types import Corpus
 
@@ -161,15 +162,6 @@ class ClipFinetuneTask(FinetuneTask):
         }
 
 
-class _LitTextSide(nn.Module):
-    """The trainable side of the LiT baseline: the text tower and both heads."""
-
-    def __init__(self, tower: nn.Module, heads: nn.Module) -> None:
-        super().__init__()
-        self.tower = tower
-        self.heads = heads
-
-
 class LitFinetuneTask(FinetuneTask):
     """LoRA on the LiT baseline's text tower (MiniLM ``query``/``value``) with its heads
     trained fully, on cached features of the frozen image tower.
@@ -213,7 +205,7 @@ class LitFinetuneTask(FinetuneTask):
             cfg = heads.config
             heads = LitHeads(cfg["image_dim"], cfg["text_dim"], cfg["embed_dim"])
             encoder.heads = heads
-        self.model = _LitTextSide(encoder.text_tower, heads)
+        self.model = LitTextSide(encoder.text_tower, heads)
         self.train, self.val, self.test = train, val, test
         t2i = torch.from_numpy(train[2])
         self.by_image = [torch.nonzero(t2i == i).flatten().tolist() for i in range(len(train[0]))]
@@ -610,7 +602,7 @@ class HashFinetuneTask(FinetuneTask):
     stage = "hash"
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, data: Any, *, base: str = "") -> None:
-        from vistrieve.training.lora import linear_layers
+        from vistrieve.adapters import linear_layers
 
         if data.benchmark is None and data.pairs is None:
             raise ValueError("hash fine-tuning needs a benchmark or held-out pairs to evaluate")

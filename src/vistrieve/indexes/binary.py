@@ -4,10 +4,10 @@
 binary index: ``IndexBinaryFlat`` (exact Hamming scan), ``IndexBinaryHNSW`` (graph) or
 ``IndexBinaryIVF`` (inverted lists over a binary k-means quantizer). Flat and HNSW are
 wrapped in ``IndexBinaryIDMap2`` so that they store the int64 labels of
-:class:`~vistrieve.retrievers.index.BaseIndex`; IVF takes labels natively. String ids,
+:class:`~vistrieve.indexes.BaseIndex`; IVF takes labels natively. String ids,
 validation, removal, manifests and atomic save/load come from ``BaseIndex`` (kind
 ``"binary"``), so the index behaves like the float indexes: ``add``, ``remove``,
-``search``, ``save`` and :func:`~vistrieve.retrievers.index.load_index`, which refuses an
+``search``, ``save`` and :func:`~vistrieve.indexes.load_index`, which refuses an
 index saved with another bit count.
 
 Re-scoring follows sentence-transformers ``quantization.py:semantic_search_faiss``: the
@@ -33,12 +33,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
-from vistrieve.retrievers.index import (
-    BaseIndex,
-    IndexMismatchError,
-    read_index_manifest,
-    register_index_kind,
-)
+from vistrieve.indexes.base import BaseIndex, IndexMismatchError, read_index_manifest
 from vistrieve.types import Hit
 from vistrieve.utils.io import atomic_save_npy, load_npy
 
@@ -614,7 +609,5 @@ class BinaryHashIndex(BaseIndex):
                 )
         return super().load(path, expected_model=expected_model, expected_dim=bits)
 
-
-register_index_kind(BinaryHashIndex.kind, BinaryHashIndex)
 
 __all__ = ["BinaryHashIndex", "BinaryIndexType"]

@@ -1,4 +1,9 @@
-"""LoRA adapters (peft) for any torch model, with defaults per model family and clear errors.
+"""Adapters for any torch model: LoRA (peft) wrapping, saving and loading, and applying the
+output of a fine-tuning run (an adapter or full weights) for inference.
+
+This is core code: every stage's loader (encoders, hash models, rerankers, LLMs, GRACE)
+applies ``vistrieve finetune`` outputs through :func:`load_finetuned`, while the training
+loop itself lives in :mod:`vistrieve.training`.
 
 ``apply_lora(model)`` wraps ``model`` with peft LoRA adapters on the layers that matter for
 its family (open_clip residual blocks: the attention output and MLP projections; T5:
@@ -9,13 +14,18 @@ match nothing, and a rank larger than a targeted layer, are errors that name wha
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
+
+FINETUNE_META = "vistrieve_finetune.json"
+"""The file naming the stage, base model and settings of a fine-tuning output."""
 
 FAMILY_TARGETS: dict[str, list[str]] = {
     # The attention module itself: nn.MultiheadAttention reads out_proj.weight directly, so
@@ -178,3 +188,74 @@ def load_adapter(base: nn.Module, directory: str | os.PathLike[str], *, merge: b
         raise FileNotFoundError(f"{directory} holds no adapter_config.json (not a peft adapter)")
     model = PeftModel.from_pretrained(base, str(directory))
     return model.merge_and_unload() if merge else model
+
+
+def tied_keys(state: dict[str, torch.Tensor]) -> set[str]:
+    """Keys whose tensor shares storage with an earlier key (tied embeddings)."""
+    seen: set[int] = set()
+    tied = set()
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:
+            tied.add(k)
+        seen.add(ptr)
+    return tied
+
+
+def untie_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy safetensors can save: tensors sharing storage (tied embeddings) are cloned."""
+    tied = tied_keys(state)
+    return {k: v.clone() if k in tied else v for k, v in state.items()}
+
+
+def read_finetune_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``vistrieve_finetune.json`` of a fine-tuned directory (stage, base, config)."""
+    path = Path(directory) / FINETUNE_META
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a vistrieve fine-tuning output (no {FINETUNE_META}); give "
+            "OUT/adapter or OUT/model of a `vistrieve finetune` run"
+        )
+    return dict(json.loads(path.read_text()))
+
+
+def adapter_digest(directory: str | os.PathLike[str]) -> str:
+    """A short digest of a fine-tuning output's weights, for names that must change when the
+    adapter does (index manifests, LLM replay caches)."""
+    import hashlib
+
+    root = Path(directory)
+    for name in ("adapter_model.safetensors", "model.safetensors"):
+        if (root / name).is_file():
+            return hashlib.sha256((root / name).read_bytes()).hexdigest()[:10]
+    raise FileNotFoundError(f"{directory} holds no adapter_model.safetensors or model.safetensors")
+
+
+def load_finetuned(
+    base: nn.Module, directory: str | os.PathLike[str], *, stage: str | None = None
+) -> nn.Module:
+    """``base`` with the fine-tuning in ``directory`` applied, ready for inference: a peft
+    adapter is merged into the weights; full fine-tuned weights replace the base's.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no fine-tuning output.
+        ValueError: the output belongs to another stage than ``stage``.
+    """
+    meta = read_finetune_meta(directory)
+    if stage is not None and meta.get("stage") != stage:
+        raise ValueError(
+            f"{directory} holds a fine-tuned {meta.get('stage')!r} stage, not {stage!r}"
+        )
+    d = Path(directory)
+    if (d / "adapter_config.json").is_file():
+        return load_adapter(base, d, merge=True).eval()
+    from safetensors.torch import load_file
+
+    state = load_file(str(d / "model.safetensors"))
+    missing, unexpected = base.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if m not in tied_keys(base.state_dict())]:
+        raise ValueError(
+            f"weights in {d} do not fit the base model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    return base.eval()
