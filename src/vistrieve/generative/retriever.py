@@ -179,16 +179,30 @@ class GraceRetriever:
         return np.stack([self._feature_bank[i] for i in self.identifiers.by_item])
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Model, tokenizer, identifiers and (when set) the feature bank."""
+        """Model, tokenizer, identifiers, the feature bank (when set) and ``retriever.json``
+        (kind, beam width and the image encoder's spec, so that
+        :func:`vistrieve.retrievers.load_retriever` reopens it)."""
+        from vistrieve.encoders import encoder_spec
+        from vistrieve.utils.io import FORMAT_VERSION, atomic_save_npy, atomic_write_json
+
         self.model.save(directory, self.identifiers)
         if self._feature_bank:
-            from vistrieve.utils.io import atomic_save_npy, atomic_write_json
-
             atomic_save_npy(
                 os.path.join(directory, "features.npy"),
                 np.stack([self._feature_bank[i] for i in self.identifiers.by_item]),
             )
             atomic_write_json(os.path.join(directory, "features_ids.json"), self.ids)
+        atomic_write_json(
+            os.path.join(directory, "retriever.json"),
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": "grace",
+                "name": self.name,
+                "num_beams": self.num_beams,
+                "encoder": encoder_spec(self.encoder) if self.encoder is not None else None,
+                "encoder_name": getattr(self.encoder, "name", None),
+            },
+        )
 
     @classmethod
     def load(
