@@ -25,13 +25,13 @@ import numpy as np
 from vistrieve.data.shapes import ShapesWorld
 from vistrieve.encoders import create_encoder
 from vistrieve.evals.metrics import cumulative_hits_at_k
+from vistrieve.llm import CachedLLM, ReplayCache, load_smollm2
 from vistrieve.query_rewriting.chat import (
     FALLBACK_QUESTIONS,
     LLMQuestioner,
     SceneAnswerer,
     run_dialogs,
 )
-from vistrieve.query_rewriting.llm import CachedLLM, ReplayCache, load_smollm2
 from vistrieve.retrievers.dense import DenseRetriever
 
 

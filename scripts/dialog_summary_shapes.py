@@ -20,9 +20,9 @@ from vistrieve.data.shapes import ShapesWorld
 from vistrieve.data.tasks import DialogDataset
 from vistrieve.encoders import create_encoder
 from vistrieve.evals.runner import DialogEvaluator, evaluate
+from vistrieve.llm import CachedLLM, ReplayCache, load_smollm2
 from vistrieve.pipeline import RetrievalPipeline
 from vistrieve.query_rewriting.chat import DialogSummaryRewriter
-from vistrieve.query_rewriting.llm import CachedLLM, ReplayCache, load_smollm2
 from vistrieve.retrievers.dense import DenseRetriever
 
 

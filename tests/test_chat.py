@@ -11,6 +11,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from vistrieve.evals.metrics import ABSENT_RANK, cumulative_hits_at_k
+from vistrieve.llm import LangChainLLM
 from vistrieve.query_rewriting import chat
 from vistrieve.query_rewriting.chat import (
     ChatSession,
@@ -20,7 +21,6 @@ from vistrieve.query_rewriting.chat import (
     run_dialogs,
     simulated_feedback,
 )
-from vistrieve.query_rewriting.llm import LangChainLLM
 from vistrieve.types import DialogTurn, Hit, Query
 
 DOCS = {
@@ -186,9 +186,9 @@ def test_chat_session_uses_feedback_for_a_rewrite() -> None:
 def test_dialog_summary_rewriter_turns_dialogs_into_captions(
     caplog: pytest.LogCaptureFixture, tmp_path: Any
 ) -> None:
+    from vistrieve.llm import CachedLLM, ReplayCache
     from vistrieve.pipeline import RetrievalPipeline
     from vistrieve.query_rewriting.chat import DialogSummaryRewriter
-    from vistrieve.query_rewriting.llm import CachedLLM, ReplayCache
 
     llm = CachedLLM(_llm("Description: a green triangle in the middle", "Sorry.\nNo."),
                     ReplayCache(tmp_path))  # fmt: skip

@@ -273,7 +273,7 @@ def test_finetune_rewriter_two_steps_from_a_manifest(tmp_path: Path, capsys: Any
     r = _result(out)
     assert r["stage"] == "rewriter" and "val_token_accuracy" in r["frozen"]
     assert (out / "adapter" / "adapter_config.json").is_file()
-    from vistrieve.query_rewriting.llm import HFChatLLM
+    from vistrieve.llm import HFChatLLM
 
     llm = HFChatLLM.from_pretrained(tmp_path / "lm", adapter=out / "adapter")
     assert "+finetuned:" in llm.name and isinstance(llm.complete([{"role": "user",
@@ -423,7 +423,7 @@ def test_lit_stage_trains_tower_adapters_and_heads(mode: str, tmp_path: Path) ->
 
 def test_rewriter_labels_cover_exactly_the_answer_and_dialog_pairs() -> None:
     from vistrieve.data.shapes import ShapesWorld
-    from vistrieve.query_rewriting.prompts import DIALOG_SUMMARY
+    from vistrieve.llm.prompts import DIALOG_SUMMARY
     from vistrieve.training.tasks import RewritePair, RewriterFinetuneTask, shapes_dialog_pairs
 
     world = ShapesWorld(seed=0, n_train=0, n_val=0, n_test=20, n_dialogs=3, dialog_rounds=2)

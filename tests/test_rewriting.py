@@ -10,15 +10,9 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from PIL import Image
 
+from vistrieve.llm import CachedLLM, HFChatLLM, LangChainLLM, ReplayCache, cache_key
+from vistrieve.llm.prompts import CIREVL, parse_field, sanitize
 from vistrieve.query_rewriting.cirevl import CachedCaptioner, CIReVLRewriter, image_digest
-from vistrieve.query_rewriting.llm import (
-    CachedLLM,
-    HFChatLLM,
-    LangChainLLM,
-    ReplayCache,
-    cache_key,
-)
-from vistrieve.query_rewriting.prompts import CIREVL, parse_field, sanitize
 from vistrieve.types import Query
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from vistrieve.evals.metrics import ABSENT_RANK, target_rank
-from vistrieve.query_rewriting.llm import CachedLLM, ChatLLM
-from vistrieve.query_rewriting.prompts import (
+from vistrieve.llm import CachedLLM, ChatLLM
+from vistrieve.llm.prompts import (
     DIALOG_SUMMARY,
     FEEDBACK_REWRITE,
     QUESTIONER,

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from vistrieve.query_rewriting.llm import CachedLLM, ChatLLM, ReplayCache, cache_key
-from vistrieve.query_rewriting.prompts import CIREVL, PromptTemplate, parse_field
+from vistrieve.llm import CachedLLM, ChatLLM, ReplayCache, cache_key
+from vistrieve.llm.prompts import CIREVL, PromptTemplate, parse_field
 from vistrieve.types import Query
 
 logger = logging.getLogger(__name__)

