@@ -33,7 +33,7 @@ case "$job" in
     assets=".venv/share/vistrieve/smollm2"
     if [ ! -f "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
       .venv/bin/python -m pip install -q "gguf>=0.10"
-      .venv/bin/python -m vistrieve.llm --fetch "$assets" >/dev/null
+      .venv/bin/vistrieve fetch smollm2 "$assets" >/dev/null
     fi
     exec .venv/bin/vistrieve demo "$@" ;;
   test) exec .venv/bin/python -m pytest -q "$@" ;;

@@ -24,14 +24,11 @@ import numpy as np
 
 from vistrieve.data.shapes import ShapesWorld
 from vistrieve.encoders import create_encoder
+from vistrieve.evals.dialog import run_dialogs
 from vistrieve.evals.metrics import cumulative_hits_at_k
 from vistrieve.llm import CachedLLM, ReplayCache, load_smollm2
-from vistrieve.query_rewriting.chat import (
-    FALLBACK_QUESTIONS,
-    LLMQuestioner,
-    SceneAnswerer,
-    run_dialogs,
-)
+from vistrieve.query_rewriting.chat import FALLBACK_QUESTIONS, LLMQuestioner
+from vistrieve.recipes.shapes.dialog import SceneAnswerer
 from vistrieve.retrievers.dense import DenseRetriever
 
 

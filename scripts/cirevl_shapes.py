@@ -3,7 +3,7 @@ late-fusion and caption + modification baselines (text -> image with shapes-clip
 
 Usage::
 
-    python -m vistrieve.llm --fetch runs/assets/smollm2
+    vistrieve fetch smollm2 runs/assets/smollm2
     python scripts/cirevl_shapes.py --smollm2 runs/assets/smollm2 --out runs/cirevl-shapes
 
 The reference images are captioned by the shapes captioner (trained first when
@@ -23,8 +23,9 @@ from vistrieve.encoders import create_encoder
 from vistrieve.evals.runner import ComposedEvaluator, evaluate
 from vistrieve.llm import ReplayCache, load_smollm2
 from vistrieve.pipeline import RetrievalPipeline
-from vistrieve.query_rewriting.captioner import PrefixCaptioner, train_shapes_captioner
+from vistrieve.query_rewriting.captioner import PrefixCaptioner
 from vistrieve.query_rewriting.cirevl import CachedCaptioner, CIReVLRewriter
+from vistrieve.recipes.shapes.captioner import train_shapes_captioner
 from vistrieve.retrievers.dense import DenseRetriever
 from vistrieve.types import Hit, Query
 

@@ -28,9 +28,9 @@ from vistrieve.data.shapes import ShapesWorld
 from vistrieve.encoders import create_encoder
 from vistrieve.evals.metrics import ABSENT_RANK, cumulative_hits_at_k, target_rank
 from vistrieve.llm import CachedLLM, ReplayCache, load_smollm2
-from vistrieve.query_rewriting.captioner import load_shapes_captioner
 from vistrieve.query_rewriting.chat import FeedbackLoop, simulated_feedback
 from vistrieve.query_rewriting.cirevl import CachedCaptioner
+from vistrieve.recipes.shapes.captioner import load_shapes_captioner
 from vistrieve.retrievers.dense import DenseRetriever
 
 

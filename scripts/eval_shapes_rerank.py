@@ -18,9 +18,9 @@ from vistrieve.data.shapes import ShapesWorld
 from vistrieve.encoders import create_encoder
 from vistrieve.evals.runner import RetrievalEvaluator, evaluate
 from vistrieve.pipeline import RerankStage, RetrievalPipeline
+from vistrieve.recipes.shapes.data import shapes_heldout_corpora
 from vistrieve.rerankers.qformer import load_qformer_reranker
 from vistrieve.retrievers.dense import DenseRetriever
-from vistrieve.training.finetune_cli import shapes_heldout_corpora
 
 
 def main() -> int:

@@ -3,7 +3,7 @@ shapes world: Hits@10 per round, zero-shot summaries vs the adapter's.
 
 Usage::
 
-    python -m vistrieve.llm --fetch runs/assets/smollm2
+    vistrieve fetch smollm2 runs/assets/smollm2
     python scripts/finetune_dialog_shapes.py --smollm2 runs/assets/smollm2 \
         --out runs/finetune-dialog --steps 200 --test-limit 60
 
@@ -31,9 +31,10 @@ from vistrieve.llm import HFChatLLM, load_smollm2
 from vistrieve.llm.prompts import DIALOG_SUMMARY
 from vistrieve.pipeline import RetrievalPipeline
 from vistrieve.query_rewriting.chat import DialogSummaryRewriter
+from vistrieve.recipes.shapes.data import shapes_dialog_pairs
 from vistrieve.retrievers.dense import DenseRetriever
 from vistrieve.training.finetune import FinetuneConfig, finetune
-from vistrieve.training.tasks import RewriterFinetuneTask, shapes_dialog_pairs
+from vistrieve.training.tasks import RewriterFinetuneTask
 
 
 def main() -> int:

@@ -3,7 +3,7 @@ retrieval R@1/5/10 zero-shot vs the adapter.
 
 Usage::
 
-    python -m vistrieve.llm --fetch runs/assets/smollm2
+    vistrieve fetch smollm2 runs/assets/smollm2
     python scripts/finetune_rewriter_shapes.py --smollm2 runs/assets/smollm2 \
         --out runs/finetune-rewriter --steps 300 --test-limit 200
 
@@ -27,11 +27,12 @@ from vistrieve.encoders import create_encoder
 from vistrieve.evals.runner import ComposedEvaluator, evaluate
 from vistrieve.llm import HFChatLLM, ReplayCache, load_smollm2
 from vistrieve.pipeline import RetrievalPipeline
-from vistrieve.query_rewriting.captioner import load_shapes_captioner
 from vistrieve.query_rewriting.cirevl import CachedCaptioner, CIReVLRewriter
+from vistrieve.recipes.shapes.captioner import load_shapes_captioner
+from vistrieve.recipes.shapes.data import shapes_rewrite_pairs
 from vistrieve.retrievers.dense import DenseRetriever
 from vistrieve.training.finetune import FinetuneConfig, finetune
-from vistrieve.training.tasks import RewriterFinetuneTask, shapes_rewrite_pairs
+from vistrieve.training.tasks import RewriterFinetuneTask
 
 
 def main() -> int:

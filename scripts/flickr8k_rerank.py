@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m vistrieve.training.lit --data ../shared/data/flickr8k-1k --out runs/lit-v1
+    vistrieve train lit --data ../shared/data/flickr8k-1k --out runs/lit-v1
     python scripts/flickr8k_rerank.py --data ../shared/data/flickr8k-1k --lit runs/lit-v1 \
         --out runs/flickr8k-rerank --steps 600
 
@@ -30,9 +30,9 @@ from vistrieve.rerankers.qformer import (
     TextVocabulary,
     clip_pair_similarity,
     timm_patch_tokens,
-    train_qformer_reranker,
 )
 from vistrieve.retrievers.dense import DenseRetriever
+from vistrieve.training.qformer import train_qformer_reranker
 
 
 class _TextOnly:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from vistrieve.generative.identifiers import SCHEMES
-from vistrieve.generative.shapes import train_shapes_grace
 from vistrieve.generative.train import GraceTrainConfig
+from vistrieve.recipes.shapes.grace import train_shapes_grace
 
 
 def main() -> int:

@@ -44,16 +44,16 @@ import torch
 
 from vistrieve.data.tasks import PairedEmbeddings
 from vistrieve.evals.metrics import image_text_retrieval_metrics
-from vistrieve.hashing.train import (
+from vistrieve.indexes import BinaryHashIndex
+from vistrieve.recipes.shapes.hashing import shapes_data
+from vistrieve.training.hashing import (
     evaluate_map,
     evaluate_pairs,
     fit_cmseh,
     map_metrics_from_scores,
     paired_data,
-    shapes_data,
     wiki_data,
 )
-from vistrieve.indexes import BinaryHashIndex
 from vistrieve.utils.io import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger("hashing_experiments")

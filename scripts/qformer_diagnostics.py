@@ -30,13 +30,9 @@ import torch
 
 from vistrieve.data.shapes import SHAPES, Scene, ShapesWorld, caption_signature
 from vistrieve.encoders import create_encoder
-from vistrieve.rerankers.qformer import (
-    QFormerConfig,
-    QFormerCrossEncoder,
-    TextVocabulary,
-    train_qformer,
-)
+from vistrieve.rerankers.qformer import QFormerConfig, QFormerCrossEncoder, TextVocabulary
 from vistrieve.retrievers.dense import DenseRetriever
+from vistrieve.training.qformer import train_qformer
 from vistrieve.types import Query
 from vistrieve.utils.images import load_image
 

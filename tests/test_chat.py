@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
+from vistrieve.evals.dialog import run_dialogs
 from vistrieve.evals.metrics import ABSENT_RANK, cumulative_hits_at_k
 from vistrieve.llm import LangChainLLM
 from vistrieve.query_rewriting import chat
@@ -17,10 +18,9 @@ from vistrieve.query_rewriting.chat import (
     ChatSession,
     FeedbackLoop,
     LLMQuestioner,
-    SceneAnswerer,
-    run_dialogs,
     simulated_feedback,
 )
+from vistrieve.recipes.shapes.dialog import SceneAnswerer
 from vistrieve.types import DialogTurn, Hit, Query
 
 DOCS = {

@@ -65,7 +65,7 @@ def test_demo_llm_sections_with_a_fake_llm(
 ) -> None:
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-    from vistrieve.query_rewriting import llm as llm_mod
+    import vistrieve.llm as llm_mod
 
     answers = ["Edited Description: a small green triangle"] + ["Question: what colour is it?"] * 3
     fake = llm_mod.LangChainLLM(FakeListChatModel(responses=answers), name="fake-llm")
@@ -80,7 +80,7 @@ def test_demo_llm_sections_with_a_fake_llm(
 def test_demo_says_how_to_get_the_llm_when_absent(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vistrieve.query_rewriting import llm as llm_mod
+    import vistrieve.llm as llm_mod
 
     def missing(*a: object, **k: object) -> None:
         raise FileNotFoundError("SmolLM2 not found; fetch it with ...")

@@ -292,7 +292,8 @@ def test_finetune_rewriter_two_steps_from_a_manifest(tmp_path: Path, capsys: Any
 
 def test_finetune_reranker_two_steps(tmp_path: Path) -> None:
     from vistrieve.data.shapes import ShapesWorld
-    from vistrieve.rerankers.qformer import load_qformer_reranker, train_shapes_qformer
+    from vistrieve.recipes.shapes.qformer import train_shapes_qformer
+    from vistrieve.rerankers.qformer import load_qformer_reranker
 
     # A captioning base: the adapter must carry over to both of its heads.
     train_shapes_qformer(tmp_path / "q", steps=2, n_train=16, n_val=4, captioning_steps=1,
@@ -313,7 +314,7 @@ def test_finetune_hash_two_steps(tmp_path: Path) -> None:
     from vistrieve.data.tasks import HashingDataset
     from vistrieve.hashing.heads import CMSEH
     from vistrieve.hashing.losses import CMSEHLoss, HashLossConfig
-    from vistrieve.hashing.train import HashData, fit_cmseh
+    from vistrieve.training.hashing import HashData, fit_cmseh
     from vistrieve.training.tasks import HashFinetuneTask
 
     img, txt, labels = _toy()
@@ -424,7 +425,8 @@ def test_lit_stage_trains_tower_adapters_and_heads(mode: str, tmp_path: Path) ->
 def test_rewriter_labels_cover_exactly_the_answer_and_dialog_pairs() -> None:
     from vistrieve.data.shapes import ShapesWorld
     from vistrieve.llm.prompts import DIALOG_SUMMARY
-    from vistrieve.training.tasks import RewritePair, RewriterFinetuneTask, shapes_dialog_pairs
+    from vistrieve.recipes.shapes.data import shapes_dialog_pairs
+    from vistrieve.training.tasks import RewritePair, RewriterFinetuneTask
 
     world = ShapesWorld(seed=0, n_train=0, n_val=0, n_test=20, n_dialogs=3, dialog_rounds=2)
     pairs = shapes_dialog_pairs(world, "test")

@@ -10,8 +10,8 @@ from vistrieve.rerankers.qformer import (
     QFormerCrossEncoder,
     QFormerReranker,
     TextVocabulary,
-    train_qformer,
 )
+from vistrieve.training.qformer import train_qformer
 from vistrieve.types import Corpus, Hit, Item, Query
 
 WORDS = ["pad", "a", "red", "blue", "circle", "square", "and"]
@@ -150,7 +150,8 @@ def test_dense_residual_starts_at_the_dual_encoder_ranking(tmp_path: Path) -> No
 
 def test_install_embedded_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import vistrieve.encoders.embedded as embedded
-    from vistrieve.rerankers.qformer import EMBEDDED, install_embedded_qformer
+    from vistrieve.recipes.shapes.qformer import install_embedded_qformer
+    from vistrieve.rerankers.qformer import EMBEDDED
 
     monkeypatch.setattr(embedded, "WEIGHTS_DIR", tmp_path / "weights")
     torch.manual_seed(3)
@@ -171,7 +172,8 @@ def test_install_embedded_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_train_qformer_reranker_end_to_end(tmp_path: Path) -> None:
     from vistrieve.data.shapes import ShapesWorld
     from vistrieve.encoders import create_encoder
-    from vistrieve.rerankers.qformer import clip_patch_tokens, train_qformer_reranker
+    from vistrieve.rerankers.qformer import clip_patch_tokens
+    from vistrieve.training.qformer import train_qformer_reranker
 
     encoder = create_encoder("clip-tiny-test", progress=False)
     corpus = ShapesWorld(seed=0, n_train=12, n_val=0, n_test=0, swap_fraction=0.0).corpus("train")
@@ -363,7 +365,7 @@ def test_captioning_training_lowers_the_captioning_loss() -> None:
 
     import numpy as np
 
-    from vistrieve.rerankers.qformer import captioning_loss
+    from vistrieve.training.qformer import captioning_loss
 
     torch.manual_seed(6)
     n = 12
@@ -397,7 +399,7 @@ def test_captioning_training_lowers_the_captioning_loss() -> None:
 def test_choose_lm_weight_scores_each_weight_on_mined_candidates() -> None:
     import dataclasses
 
-    from vistrieve.rerankers.qformer import MinedData, choose_lm_weight
+    from vistrieve.training.qformer import MinedData, choose_lm_weight
 
     torch.manual_seed(7)
     n = 6
@@ -431,7 +433,8 @@ def test_choose_lm_weight_scores_each_weight_on_mined_candidates() -> None:
 def test_train_qformer_reranker_with_captioning_chooses_lm_weight(tmp_path: Path) -> None:
     from vistrieve.data.shapes import ShapesWorld
     from vistrieve.encoders import create_encoder
-    from vistrieve.rerankers.qformer import clip_patch_tokens, train_qformer_reranker
+    from vistrieve.rerankers.qformer import clip_patch_tokens
+    from vistrieve.training.qformer import train_qformer_reranker
 
     encoder = create_encoder("clip-tiny-test", progress=False)
     world = ShapesWorld(seed=0, n_train=10, n_val=5, n_test=0, swap_fraction=0.0)

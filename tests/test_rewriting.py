@@ -180,8 +180,9 @@ def test_cached_captioner_keys_on_image_content(tmp_path: Path) -> None:
 def test_prefix_captioner_learns_to_caption_features() -> None:
     pytest.importorskip("transformers")
     from vistrieve.generative.model import GraceModel, word_tokenizer
-    from vistrieve.generative.shapes import tiny_t5
-    from vistrieve.query_rewriting.captioner import PrefixCaptioner, train_captioner
+    from vistrieve.query_rewriting.captioner import PrefixCaptioner
+    from vistrieve.recipes.shapes.grace import tiny_t5
+    from vistrieve.training.captioner import train_captioner
 
     caps = [["a red circle"], ["a blue square"], ["a green triangle"]]
     tok = word_tokenizer("a red blue green circle square triangle".split())

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vistrieve.cli import eval as eval_cli
 from vistrieve.data.tasks import (
     ComposedDataset,
     ComposedExample,
@@ -21,7 +22,6 @@ from vistrieve.data.tasks import (
     DialogExample,
     PairedEmbeddings,
 )
-from vistrieve.evals import cli as eval_cli
 from vistrieve.evals.metrics import ABSENT_RANK
 from vistrieve.evals.report import EvalReport
 from vistrieve.evals.runner import (

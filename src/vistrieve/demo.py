@@ -28,9 +28,10 @@ def _show_hits(write: Writer, hits: list[Any], relevant: set[str]) -> None:
 def _llm_sections(write: Writer, world: Any, corpus: Any, retriever: Any, example: Any) -> None:
     """CIReVL on one composed query and a 3-round chat, with the offline LLM when present."""
     from vistrieve.llm import find_smollm2, load_smollm2
-    from vistrieve.query_rewriting.captioner import load_shapes_captioner
-    from vistrieve.query_rewriting.chat import ChatSession, LLMQuestioner, SceneAnswerer
+    from vistrieve.query_rewriting.chat import ChatSession, LLMQuestioner
     from vistrieve.query_rewriting.cirevl import CIReVLRewriter
+    from vistrieve.recipes.shapes.captioner import load_shapes_captioner
+    from vistrieve.recipes.shapes.dialog import SceneAnswerer
     from vistrieve.types import Query
 
     try:

@@ -10,8 +10,10 @@ in a retriever's ``retriever.json``), or a ready encoder (passed through):
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,6 +74,75 @@ def _lit(heads: str, **kw: Any) -> Encoder:
 
 _RUNTIME_KEYS = ("device", "batch_size", "num_workers", "progress")
 
+POSITIONAL: dict[str, tuple[str, ...]] = {
+    "open_clip": ("model", "pretrained"),
+    "hf": ("name_or_path",),
+    "lit": ("heads",),
+    "shapes-clip": ("path",),
+}
+"""The factory arguments that ``name:arg1:arg2`` spec strings fill in, per encoder."""
+
+_PATH_KEYS = ("heads", "path", "adapter")
+"""Arguments that are always local paths (made absolute when a spec is parsed)."""
+
+
+def _absolute(value: str | os.PathLike[str]) -> str:
+    # Specs are saved in index manifests: a path must not depend on the working directory.
+    return str(Path(value).expanduser().resolve())
+
+
+def parse_encoder_spec(text: str) -> dict[str, Any]:
+    """The spec mapping of a command-line encoder string.
+
+    Forms: a registered name (``"clip-tiny-test"``); ``name:arg[:arg]`` with the arguments
+    of :data:`POSITIONAL` (``"open_clip:ViT-B-32:openai"``, ``"open_clip:hf-hub:org/repo"``,
+    ``"hf:/models/clip"``, ``"lit:runs/lit"``, ``"shapes-clip:weights.safetensors"``); or a
+    JSON object (``'{"name": "open_clip", "model": "ViT-B-32"}'``). Local paths become
+    absolute, so a spec saved in a manifest means the same from any working directory.
+
+    Raises:
+        ValueError: malformed JSON, too many ``:`` arguments, or arguments for an encoder
+            that takes none.
+        KeyError: an unknown encoder name (close matches are suggested).
+
+    Example:
+        >>> parse_encoder_spec("open_clip:ViT-B-32:openai")
+        {'name': 'open_clip', 'model': 'ViT-B-32', 'pretrained': 'openai'}
+    """
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"encoder spec {text!r} is not valid JSON: {exc}") from exc
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"encoder spec {text!r} must be a JSON object with a 'name'")
+    else:
+        name, _, rest = text.partition(":")
+        ENCODERS.get(name)  # unknown names fail here, with suggestions
+        spec = {"name": name}
+        if rest:
+            keys = POSITIONAL.get(name, ())
+            if not keys:
+                raise ValueError(f"encoder {name!r} takes no ':' arguments (got {text!r})")
+            if name == "open_clip" and rest.startswith(("hf-hub:", "local-dir:")):
+                args = [rest]
+            else:
+                args = rest.split(":", len(keys) - 1)
+            spec.update({k: v for k, v in zip(keys, args, strict=False) if v})
+    for key in _PATH_KEYS:
+        if isinstance(spec.get(key), str):
+            spec[key] = _absolute(spec[key])
+    if spec.get("name") == "hf" and isinstance(spec.get("name_or_path"), str):
+        if Path(spec["name_or_path"]).expanduser().exists():
+            spec["name_or_path"] = _absolute(spec["name_or_path"])
+    if spec.get("name") == "open_clip":
+        for key in ("pretrained",):
+            value = spec.get(key)
+            if isinstance(value, str) and Path(value).expanduser().is_file():
+                spec[key] = _absolute(value)
+    return dict(spec)
+
 
 def create_encoder(spec: str | Mapping[str, Any] | Encoder, **overrides: Any) -> Encoder:
     """Build an encoder from a registered name, a spec mapping, or pass one through.
@@ -101,7 +172,11 @@ def create_encoder(spec: str | Mapping[str, Any] | Encoder, **overrides: Any) ->
     if adapter is not None:
         apply_encoder_adapter(encoder, adapter)
         kwargs["adapter"] = str(adapter)
-    saved = {k: v for k, v in kwargs.items() if k not in _RUNTIME_KEYS}
+    saved = {
+        k: _absolute(v) if k in _PATH_KEYS and isinstance(v, (str, os.PathLike)) else v
+        for k, v in kwargs.items()
+        if k not in _RUNTIME_KEYS
+    }
     encoder.spec = {"name": name, **saved}  # type: ignore[attr-defined]
     return encoder
 
@@ -139,4 +214,12 @@ def encoder_spec(encoder: Encoder) -> dict[str, Any] | None:
     return dict(spec) if isinstance(spec, Mapping) else None
 
 
-__all__ = ["ENCODERS", "TorchEncoder", "apply_encoder_adapter", "create_encoder", "encoder_spec"]
+__all__ = [
+    "ENCODERS",
+    "POSITIONAL",
+    "TorchEncoder",
+    "apply_encoder_adapter",
+    "create_encoder",
+    "encoder_spec",
+    "parse_encoder_spec",
+]

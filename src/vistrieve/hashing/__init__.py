@@ -1,9 +1,9 @@
-"""Cross-modal hashing (CMSEH): hash heads, VTFN fusion, losses and training on features.
+"""Cross-modal hashing (CMSEH): hash heads, VTFN fusion and losses.
 
-The binary Hamming index lives in :mod:`vistrieve.indexes` and the hashing
-first stage in :mod:`vistrieve.retrievers.hashing`. Names load lazily (the peft
-``tuners/lora/__init__.py`` pattern), so that importing :mod:`vistrieve.hashing.train` for
-its command-line options does not import torch.
+Training lives in :mod:`vistrieve.training.hashing`, the binary Hamming index in
+:mod:`vistrieve.indexes` and the hashing first stage in :mod:`vistrieve.retrievers.hashing`.
+Names load lazily (the peft ``tuners/lora/__init__.py`` pattern), so that importing this
+package does not import torch.
 """
 
 from __future__ import annotations

@@ -78,14 +78,14 @@ def create_index(spec: str | Index, dim: int, *, model: str | None = None, **kw:
     if kind == "exact":
         if arg and arg not in ("float32", "float16"):
             raise ValueError(f"exact index dtype must be float32 or float16, got {arg!r}")
-        return cls(dim, model=model, dtype=arg or "float32", **kw)  # type: ignore[no-any-return]
+        return cls(dim, model=model, dtype=arg or "float32", **kw)
     if kind == "faiss":
         if not arg:
             raise ValueError("faiss index spec needs a factory string, e.g. 'faiss:HNSW32'")
-        return cls(dim, arg, model=model, **kw)  # type: ignore[no-any-return]
+        return cls(dim, arg, model=model, **kw)
     if arg:
         raise ValueError(f"index kind {kind!r} takes no ':' argument (got {spec!r})")
-    return cls(dim, model=model, **kw)  # type: ignore[no-any-return]
+    return cls(dim, model=model, **kw)
 
 
 def load_index(

@@ -33,7 +33,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -354,7 +354,7 @@ class BaseIndex:
             )
         _check_model(root, manifest, expected_model, expected_dim)
         check_files(root, manifest["files"])
-        index = cls._from_manifest(manifest)
+        index = cast(_IndexT, cls._from_manifest(manifest))
         ids = read_json(root / "ids.json")
         count = manifest["count"]
         if (

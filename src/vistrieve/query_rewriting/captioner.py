@@ -4,14 +4,14 @@
   name or local path.
 * :class:`PrefixCaptioner` decodes a caption from an image encoder's feature vector with a
   small language model (the image enters as prefix embeddings, as in
-  :class:`~vistrieve.generative.model.GraceModel`); :func:`train_shapes_captioner` trains one
-  on the shapes world in a few CPU minutes, so that composed retrieval works offline.
+  :class:`~vistrieve.generative.model.GraceModel`);
+  :func:`vistrieve.training.captioner.train_captioner` trains one (the shapes world's takes
+  a few CPU minutes).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ import torch
 
 from vistrieve.generative.model import GraceModel
 from vistrieve.utils.images import load_image
+
+CAPTIONER_FILE = "captioner.json"
 
 
 class HFCaptioner:
@@ -135,150 +137,50 @@ class PrefixCaptioner:
         return self.caption_features(feats)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """The underlying model (see :meth:`GraceModel.save`)."""
+        """The underlying model (see :meth:`GraceModel.save`) and ``captioner.json`` (kind,
+        name and the image encoder's spec, so that :meth:`load` needs no encoder)."""
+        from vistrieve.encoders import encoder_spec
+        from vistrieve.utils.io import FORMAT_VERSION, atomic_write_json
+
         self.model.save(directory)
+        atomic_write_json(
+            Path(directory) / CAPTIONER_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": "prefix",
+                "name": self.name,
+                "encoder": encoder_spec(self.encoder),
+            },
+        )
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], encoder: Any, **kw: Any) -> PrefixCaptioner:
-        """A captioner written by :meth:`save`."""
-        model, _ = GraceModel.load(directory)
-        return cls(model, encoder, **kw)
+    def load(
+        cls, directory: str | os.PathLike[str], encoder: Any = None, **kw: Any
+    ) -> PrefixCaptioner:
+        """A captioner written by :meth:`save`; the image encoder is rebuilt from the spec
+        ``captioner.json`` records unless ``encoder`` is given.
 
+        Raises:
+            FileNotFoundError: ``directory`` holds no captioner model.
+            ValueError: no encoder given and none recorded.
+        """
+        from vistrieve.utils.io import read_json
 
-EMBEDDED_CAPTIONER = "shapes-captioner"
+        root = Path(directory)
+        if not (root / "grace_config.json").is_file():
+            raise FileNotFoundError(f"{root} holds no captioner model (no grace_config.json)")
+        meta_file = root / CAPTIONER_FILE
+        meta = read_json(meta_file) if meta_file.is_file() else {}
+        if encoder is None:
+            if not meta.get("encoder"):
+                raise ValueError(
+                    f"{root} records no image encoder; pass encoder= (the encoder whose "
+                    "features the captioner was trained on)"
+                )
+            from vistrieve.encoders import create_encoder
 
-
-def _embedded_dir() -> Path:
-    from vistrieve.encoders.embedded import WEIGHTS_DIR
-
-    return WEIGHTS_DIR / EMBEDDED_CAPTIONER
-
-
-def install_embedded_captioner(directory: str | os.PathLike[str]) -> Path:
-    """Copy a trained shapes captioner (``train_shapes_captioner`` output) into the package,
-    with the language model's weights in float16; returns the installed directory."""
-    from vistrieve.utils.io import atomic_directory
-
-    model, _ = GraceModel.load(directory)
-    record = Path(directory) / "train_record.json"
-    dest = _embedded_dir()
-    with atomic_directory(dest) as tmp:
-        model.half().save(tmp / "model")
-        if record.is_file():
-            (tmp / "train_record.json").write_bytes(record.read_bytes())
-    # atomic_directory swapped tmp in as dest; the model lives one level down.
-    return dest
-
-
-def load_shapes_captioner(encoder: Any = None, **kw: Any) -> PrefixCaptioner:
-    """The shapes-world captioner that ships in the package (with the embedded shapes-clip
-    image tower unless ``encoder`` is given)."""
-    root = _embedded_dir() / "model"
-    if not (root / "grace_config.json").is_file():
-        raise FileNotFoundError(
-            f"no embedded captioner at {root}; train one with train_shapes_captioner() and "
-            "install it with install_embedded_captioner()"
-        )
-    if encoder is None:
-        from vistrieve.encoders import create_encoder
-
-        encoder = create_encoder("shapes-clip", progress=False)
-    model, _ = GraceModel.load(root)
-    kw.setdefault("name", "shapes-captioner (embedded)")
-    return PrefixCaptioner(model.float(), encoder, **kw)
-
-
-def train_captioner(
-    model: GraceModel,
-    features: np.ndarray,
-    captions: Sequence[Sequence[str]],
-    *,
-    steps: int = 1500,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[float]:
-    """Train ``model`` to caption image features: each step samples images and one of their
-    captions. Returns the loss of every step."""
-    from tqdm.auto import tqdm
-
-    if len(features) != len(captions):
-        raise ValueError(f"{len(features)} feature rows but {len(captions)} caption lists")
-    if any(not c for c in captions):
-        raise ValueError("every image needs at least one caption")
-    tok = model.tokenizer
-    encoded = [
-        [[*tok(c, add_special_tokens=False)["input_ids"], model.eos] for c in caps]
-        for caps in captions
-    ]
-    feats = torch.as_tensor(np.asarray(features, np.float32))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    model.train()
-    losses = []
-    bar = tqdm(range(steps), desc="train captioner", disable=not progress)
-    for _ in bar:
-        rows = rng.integers(len(feats), size=batch_size)
-        targets = [encoded[r][int(rng.integers(len(encoded[r])))] for r in rows]
-        emb, mask = model.image_source(feats[rows])
-        loss = model.loss(emb, mask, targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.item()))
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    model.eval()
-    return losses
-
-
-def train_shapes_captioner(
-    out: str | os.PathLike[str] = "runs/shapes-captioner",
-    *,
-    steps: int = 1500,
-    n_train: int = 4000,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train a :class:`PrefixCaptioner` on the shapes world's training split (shapes-clip
-    image features, a small T5) and save it; returns a record with the validation
-    exact-match rate (share of generated captions that equal one of the references)."""
-    from vistrieve.data.shapes import ShapesWorld
-    from vistrieve.encoders import create_encoder
-    from vistrieve.generative.model import word_tokenizer
-    from vistrieve.generative.shapes import tiny_t5
-    from vistrieve.utils.io import atomic_write_json
-
-    t0 = time.perf_counter()
-    world = ShapesWorld(seed=seed, n_train=n_train)
-    train, val = world.corpus("train"), world.corpus("val")
-    encoder = create_encoder("shapes-clip", progress=False)
-    words = sorted({w.strip(",:") for it in train.values() for c in it.captions for w in c.split()})
-    tok = word_tokenizer(words)
-    model = GraceModel(tiny_t5(len(tok), seed=seed), tok, image_dim=encoder.dim)
-    feats = np.asarray(encoder.encode_image([it.image for it in train.values()]))
-    losses = train_captioner(
-        model, feats, [it.captions for it in train.values()], steps=steps, seed=seed,
-        progress=progress,
-    )  # fmt: skip
-    captioner = PrefixCaptioner(model, encoder, name=f"shapes-captioner:{Path(out).name}")
-    vitems = list(val.values())[:200]
-    caps = captioner.caption([it.image for it in vitems])
-    exact = float(np.mean([c in it.captions for c, it in zip(caps, vitems, strict=True)]))
-    captioner.save(out)
-    record = {
-        "steps": steps,
-        "train_images": len(train),
-        "seconds": time.perf_counter() - t0,
-        "final_loss": float(np.mean(losses[-50:])),
-        "val_exact_match": exact,
-        "val_examples": [
-            {"caption": c, "references": list(it.captions)}
-            for c, it in zip(caps[:5], vitems[:5], strict=True)
-        ],
-    }
-    atomic_write_json(Path(out) / "train_record.json", record)
-    return record
+            encoder = create_encoder(meta["encoder"], progress=False)
+        model, _ = GraceModel.load(root)
+        if meta.get("name"):
+            kw.setdefault("name", meta["name"])
+        return cls(model.float(), encoder, **kw)

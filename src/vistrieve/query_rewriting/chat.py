@@ -21,9 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
-from vistrieve.evals.metrics import ABSENT_RANK, target_rank
 from vistrieve.llm import CachedLLM, ChatLLM
 from vistrieve.llm.prompts import (
     DIALOG_SUMMARY,
@@ -51,7 +48,8 @@ FALLBACK_QUESTIONS = (
 """Asked in order when the questioner's answer cannot be parsed (and logged as such)."""
 
 
-def _format_dialog(turns: Sequence[DialogTurn]) -> str:
+def format_dialog(turns: Sequence[DialogTurn]) -> str:
+    """Question/answer rounds as prompt text, one ``Q:``/``A:`` pair per round."""
     return "\n".join(f"Q: {t.question}\nA: {t.answer}" for t in turns) or "(none yet)"
 
 
@@ -78,7 +76,7 @@ class LLMQuestioner:
     def __call__(self, caption: str, turns: Sequence[DialogTurn]) -> str:
         """The next question given the caption and the rounds so far."""
         answer = self.llm.complete(
-            self.prompt.messages(caption=caption, dialog=_format_dialog(turns))
+            self.prompt.messages(caption=caption, dialog=format_dialog(turns))
         )
         question = parse_field(answer, "Question")
         if question and "question" not in answer.lower() and not question.endswith("?"):
@@ -96,17 +94,6 @@ class LLMQuestioner:
     def cost(self) -> dict[str, float]:
         """LLM cost and the number of fallback questions."""
         return {**self.llm.cost(), "question_fallbacks": float(self.fallbacks)}
-
-
-class SceneAnswerer:
-    """Answers questions about a shapes-world image from its scene graph (simulated user)."""
-
-    def __init__(self, world: Any, image_id: str) -> None:
-        self.world = world
-        self.image_id = image_id
-
-    def __call__(self, question: str) -> str:
-        return str(self.world.answer(self.image_id, question))
 
 
 class VQAAnswerer:
@@ -131,43 +118,6 @@ class VQAAnswerer:
         return str(self.processor.batch_decode(ids, skip_special_tokens=True)[0]).strip()
 
 
-def run_dialogs(
-    retriever: Retriever,
-    captions: Sequence[str],
-    targets: Sequence[str],
-    answerers: Sequence[Callable[[str], str]],
-    questioner: Callable[[str, Sequence[DialogTurn]], str],
-    *,
-    rounds: int = 5,
-    k: int = 10,
-    progress: bool = True,
-) -> tuple[np.ndarray, list[list[DialogTurn]]]:
-    """Live ChatIR: for each target, ask ``rounds`` questions and retrieve after each round.
-
-    Returns the target's 0-based rank per round, ``(n, rounds + 1)`` with
-    :data:`~vistrieve.evals.metrics.ABSENT_RANK` outside the top ``k`` (feed it to
-    :func:`~vistrieve.evals.metrics.cumulative_hits_at_k`), and the dialogs.
-    """
-    from tqdm.auto import tqdm
-
-    if not 0 <= rounds <= MAX_DIALOG_ROUNDS:
-        raise ValueError(f"rounds must be in [0, {MAX_DIALOG_ROUNDS}], got {rounds}")
-    if not (len(captions) == len(targets) == len(answerers)):
-        raise ValueError("captions, targets and answerers must have the same length")
-    ranks = np.full((len(captions), rounds + 1), ABSENT_RANK, dtype=np.int64)
-    dialogs: list[list[DialogTurn]] = [[] for _ in captions]
-    for r in tqdm(range(rounds + 1), desc="dialog rounds", disable=not progress):
-        if r:
-            for i, cap in enumerate(captions):
-                q = questioner(cap, dialogs[i])
-                dialogs[i].append(DialogTurn(q, answerers[i](q)))
-        queries = [Query(text=c, dialog=tuple(d)) for c, d in zip(captions, dialogs, strict=True)]
-        hits = retriever.retrieve(queries, k=k)
-        for i, (hs, t) in enumerate(zip(hits, targets, strict=True)):
-            ranks[i, r] = target_rank([h.id for h in hs], t)
-    return ranks, dialogs
-
-
 class DialogSummaryRewriter:
     """Rewrites dialog queries into one caption-like description with an LLM.
 
@@ -190,7 +140,7 @@ class DialogSummaryRewriter:
                 out.append([q])
                 continue
             answer = self.llm.complete(
-                self.prompt.messages(caption=str(q.text or ""), dialog=_format_dialog(q.dialog))
+                self.prompt.messages(caption=str(q.text or ""), dialog=format_dialog(q.dialog))
             )
             text = parse_field(answer, "Description")
             if not text:

@@ -22,7 +22,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from vistrieve.types import Hit, Item, Query
+from vistrieve.rerankers.base import PairwiseReranker
+from vistrieve.types import Item
 from vistrieve.utils.images import load_image
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 Mode = Literal["itm", "itc", "itm+itc"]
 
 
-class Blip2ItmReranker:
+class Blip2ItmReranker(PairwiseReranker):
     """Re-score candidates with BLIP-2's ITM head, ITC similarity, or their sum (LAVIS).
 
     Args:
@@ -74,6 +75,8 @@ class Blip2ItmReranker:
         self.batch_size = batch_size
         self.max_length = max_length
         self.name = name
+        # The LAVIS score is a sum; its two terms are kept beside it for auditing.
+        self.record_components = mode == "itm+itc"
         self.pairs_evaluated = 0
         self.images_encoded = 0
 
@@ -187,45 +190,3 @@ class Blip2ItmReranker:
         itm = torch.cat(itm_all).cpu() if itm_all else zeros
         itc = torch.cat(itc_all).cpu() if itc_all else zeros
         return {"itm": itm, "itc": itc, "score": itm + itc}
-
-    # -- Reranker protocol ---------------------------------------------------------------
-    def rerank(
-        self,
-        queries: Sequence[Query],
-        candidates: Sequence[Sequence[Hit]],
-        top_k: int | None = None,
-    ) -> list[list[Hit]]:
-        """Re-score each query's candidates; returns them best first (``top_k`` kept).
-
-        An empty candidate list gives an empty result for that query.
-
-        Raises:
-            ValueError: different numbers of queries and candidate lists, an image-only
-                query, or a candidate without an image.
-            KeyError: a candidate id missing from the corpus.
-        """
-        if len(queries) != len(candidates):
-            raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
-        texts: list[str] = []
-        ids: list[str] = []
-        for q, cands in zip(queries, candidates, strict=True):
-            if q.kind == "image":
-                raise ValueError("BLIP-2 ITM reranking needs query text; got an image-only query")
-            text = q.as_text()
-            texts.extend([text] * len(cands))
-            ids.extend(h.id for h in cands)
-        scores = self.score_pairs(texts, ids) if ids else {}
-        out: list[list[Hit]] = []
-        pos = 0
-        for cands in candidates:
-            ranked = []
-            for h in cands:
-                hit = h.with_stage(self.name, float(scores["score"][pos]))
-                if self.mode == "itm+itc":
-                    hit = hit.with_stage(f"{self.name}.itm", float(scores["itm"][pos]), final=False)
-                    hit = hit.with_stage(f"{self.name}.itc", float(scores["itc"][pos]), final=False)
-                ranked.append(hit)
-                pos += 1
-            ranked.sort(key=lambda h: -h.score)
-            out.append(ranked[:top_k] if top_k is not None else ranked)
-        return out

@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from vistrieve.rerankers.base import BaseReranker, Scores
 from vistrieve.types import Hit, Item, Query
 
 logger = logging.getLogger(__name__)
@@ -386,7 +387,7 @@ def caption_describer(item: Item) -> str:
     return item.captions[0]
 
 
-class ListwiseReranker:
+class ListwiseReranker(BaseReranker):
     """Rerank candidates by a chat model's choice among lettered options.
 
     Candidates are split, in first-stage order, into groups of ``window`` (a short last
@@ -465,24 +466,17 @@ class ListwiseReranker:
             return "<image>", load_image(item.image)
         return self.describe(item), None
 
-    def rerank(
-        self,
-        queries: Sequence[Query],
-        candidates: Sequence[Sequence[Hit]],
-        top_k: int | None = None,
-    ) -> list[list[Hit]]:
-        """Re-score each query's candidates; best first, ``Hit.scores[name]`` set."""
-        if len(queries) != len(candidates):
-            raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
+    def _score_lists(
+        self, queries: Sequence[Query], candidates: Sequence[Sequence[Hit]]
+    ) -> list[Scores]:
+        """Mean letter log-probability of each candidate over the prompts that show it."""
         prompts: list[ListwisePrompt] = []
         # (query index, candidate positions in display order) per prompt
         layout: list[tuple[int, list[int]]] = []
         for qi, (query, cands) in enumerate(zip(queries, candidates, strict=True)):
             if not cands:
                 raise ValueError(f"query {qi} has an empty candidate list")
-            missing = [h.id for h in cands if h.id not in self.corpus]
-            if missing:
-                raise KeyError(f"candidate ids not in the reranker's corpus: {missing[:5]}")
+            self.check_candidates([h.id for h in cands])
             text = query.as_text()
             options = [self._option(self.corpus[h.id]) for h in cands]
             n = len(cands)
@@ -515,13 +509,10 @@ class ListwiseReranker:
             for pos, cand in enumerate(shown):
                 sums[qi][cand] += vals[pos]
                 counts[qi][cand] += 1
-        out: list[list[Hit]] = []
-        for qi, cands in enumerate(candidates):
-            score = np.divide(sums[qi], counts[qi], out=np.zeros(len(cands)), where=counts[qi] > 0)
-            order = sorted(range(len(cands)), key=lambda i: (-score[i], i))
-            ranked = [cands[i].with_stage(self.name, float(score[i])) for i in order]
-            out.append(ranked[:top_k] if top_k is not None else ranked)
-        return out
+        return [
+            np.divide(sums[qi], counts[qi], out=np.zeros(len(c)), where=counts[qi] > 0)
+            for qi, c in enumerate(candidates)
+        ]
 
     def position_bias(self) -> dict[str, Any]:
         """How often each display position was the model's top choice so far.

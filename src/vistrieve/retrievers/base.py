@@ -101,7 +101,7 @@ def encode_tolerant(encoder: Encoder, images: list[Any]) -> tuple[np.ndarray, li
     """Encode images, skipping unreadable ones: ``(embeddings, ok positions, failures)``."""
     tolerant = getattr(encoder, "encode_image_tolerant", None)
     if tolerant is not None:
-        return tolerant(images)  # type: ignore[no-any-return]
+        return tolerant(images)
     # Encoders without tolerant decoding: encode one by one so a bad file is skipped alone.
     from vistrieve.encoders.base import ImageFailure
     from vistrieve.utils.images import ImageLoadError, describe_image
@@ -498,7 +498,7 @@ class IndexedRetriever:
                 )
             encoder = create_encoder(meta["encoder"], **overrides)
         image_index, text_index, kwargs = cls._load_parts(root, meta, encoder)
-        r = cls(  # type: ignore[call-arg]
+        r = cls(
             encoder,
             image_index=image_index,
             corpus=read_corpus(root / "corpus.jsonl"),

@@ -135,7 +135,7 @@ class DenseRetriever(IndexedRetriever):
         index.add(features, ids)
 
     def _search(self, index: Any, queries: Sequence[Query], k: int) -> list[list[Hit]]:
-        return index.search(self.embed_queries(queries), k)  # type: ignore[no-any-return]
+        return index.search(self.embed_queries(queries), k)
 
     def _meta(self) -> dict[str, Any]:
         return {"composed_mode": self.composed_mode}

@@ -182,7 +182,7 @@ class HashRetriever(IndexedRetriever):
 
     def _search(self, index: Any, queries: Sequence[Query], k: int) -> list[list[Hit]]:
         codes, feats = self.encode_queries(queries)
-        return index.search(  # type: ignore[no-any-return]
+        return index.search(
             codes,
             k,
             rescore_queries=feats if self.rescore else None,

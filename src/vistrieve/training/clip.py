@@ -209,3 +209,17 @@ def train_clip(
             atomic_write_json(ckpt.with_name("history.json"), history)
     model.eval()
     return history
+
+
+def evaluate_encoder(encoder: Any, corpus: Any) -> dict[str, float]:
+    """Text<->image R@1/5/10 and MRR of ``encoder`` on ``corpus`` (5-caption protocol)."""
+    import numpy as np
+
+    from vistrieve.evals.metrics import image_text_retrieval_metrics
+
+    items = list(corpus.values())
+    img = encoder.encode_image([it.image for it in items])
+    texts, owners = corpus.caption_pairs()
+    pos = {it.id: i for i, it in enumerate(items)}
+    txt = encoder.encode_text(texts)
+    return image_text_retrieval_metrics(img, txt, np.array([pos[o] for o in owners]))

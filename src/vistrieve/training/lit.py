@@ -8,18 +8,15 @@ the first ``n_train`` for training and the rest for testing
 
 Usage::
 
-    python -m vistrieve.training.lit --data ../shared/data/flickr8k-1k --out runs/lit
+    vistrieve train lit --data ../shared/data/flickr8k-1k --out runs/lit
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +180,7 @@ def train_lit_baseline(
     random_heads = LitHeads(1280, 384)
     baseline = evaluate_heads(random_heads, *te)
     result = {
-        "command": f"python -m vistrieve.training.lit --data {data_dir} --out {out_dir} "
+        "command": f"vistrieve train lit --data {data_dir} --out {out_dir} "
         f"--n-train {n_train} --epochs {epochs} --seed {seed}",
         "split": {
             "train_images": len(train),
@@ -198,32 +195,3 @@ def train_lit_baseline(
     }
     heads.save(out_dir, meta={"recipe": result["command"], "test_metrics": metrics})
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vistrieve.training.lit``: train and report the LiT baseline."""
-    p = argparse.ArgumentParser(description="Train the LiT baseline's heads on Flickr8k.")
-    p.add_argument("--data", required=True, help="folder with captions.txt and images/")
-    p.add_argument("--out", default="runs/lit")
-    p.add_argument("--n-train", type=int, default=800)
-    p.add_argument(
-        "--epochs", type=int, default=10, help="chosen on a 700/100 split of the training images"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", help="feature cache (default OUT/features)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = train_lit_baseline(
-        args.data,
-        args.out,
-        n_train=args.n_train,
-        epochs=args.epochs,
-        seed=args.seed,
-        cache_dir=args.cache_dir,
-    )
-    sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -140,7 +140,7 @@ class ClipFinetuneTask(FinetuneTask):
         return (F.cross_entropy(i2t, labels) + F.cross_entropy(t2i, labels)) / 2
 
     def evaluate(self, model: Any) -> dict[str, float]:
-        from vistrieve.training.shapes_clip import evaluate_encoder
+        from vistrieve.training.clip import evaluate_encoder
 
         # peft injects the adapters into encoder.model in place (and full fine-tuning
         # trains it directly), so the task's encoder already encodes with ``model``.
@@ -304,39 +304,6 @@ def read_rewrite_pairs(path: str | os.PathLike[str]) -> list[RewritePair]:
     return pairs
 
 
-def shapes_rewrite_pairs(
-    world: Any, split: str, *, captioner: Any | None = None
-) -> list[RewritePair]:
-    """Rewriter pairs from a shapes split's composed triplets: the reference's caption (from
-    ``captioner`` when given, as at inference; else its first ground-truth caption), the
-    modification, and the target image's first caption."""
-    data = world.composed(split)
-    refs = [ex.reference_id for ex in data.examples]
-    if captioner is not None:
-        caps = captioner.caption([data.corpus[r].image for r in refs])
-    else:
-        caps = [data.corpus[r].captions[0] for r in refs]
-    return [
-        RewritePair(c, ex.modification, data.corpus[ex.target_ids[0]].captions[0])
-        for c, ex in zip(caps, data.examples, strict=True)
-    ]
-
-
-def shapes_dialog_pairs(world: Any, split: str) -> list[RewritePair]:
-    """Dialog-summary pairs from a shapes split's scripted dialogs: for every dialog and
-    every round r >= 1, (the opening caption, the first r question/answer rounds, the
-    target image's first caption). Use with ``prompt=DIALOG_SUMMARY``."""
-    from vistrieve.query_rewriting.chat import _format_dialog
-
-    data = world.dialogs(split)
-    pairs = []
-    for d in data.examples:
-        target = data.corpus[d.target_id].captions[0]
-        for r in range(1, len(d.turns) + 1):
-            pairs.append(RewritePair(d.caption, _format_dialog(d.turns[:r]), target))
-    return pairs
-
-
 class RewriterFinetuneTask(FinetuneTask):
     """Supervised fine-tuning of a causal chat LM on a rewriting prompt (CIReVL by default;
     ``DIALOG_SUMMARY`` for dialog summaries): the loss covers the answer tokens
@@ -497,7 +464,7 @@ class RerankerFinetuneTask(FinetuneTask):
         k: int = 16,
         base: str = "",
     ) -> None:
-        from vistrieve.rerankers.qformer import mine_training_data
+        from vistrieve.training.qformer import mine_training_data
 
         self.reranker = reranker
         self.model: Any = reranker.model
@@ -519,7 +486,7 @@ class RerankerFinetuneTask(FinetuneTask):
         self._first_stage: dict[str, float] = {}
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> Any:
-        from vistrieve.rerankers.qformer import sample_listwise
+        from vistrieve.training.qformer import sample_listwise
 
         m = self.mined
         return sample_listwise(
@@ -527,7 +494,7 @@ class RerankerFinetuneTask(FinetuneTask):
         )
 
     def loss(self, model: Any, batch: Any) -> torch.Tensor:
-        from vistrieve.rerankers.qformer import listwise_loss
+        from vistrieve.training.qformer import listwise_loss
 
         rows, idx = batch
         return listwise_loss(
@@ -594,7 +561,7 @@ class HashFinetuneTask(FinetuneTask):
     Args:
         model: A trained :class:`~vistrieve.hashing.heads.CMSEH`.
         loss_fn: A :class:`~vistrieve.hashing.losses.CMSEHLoss` for the model's bits.
-        data: :class:`~vistrieve.hashing.train.HashData` (training pairs plus a labelled
+        data: :class:`~vistrieve.training.hashing.HashData` (training pairs plus a labelled
             benchmark, scored by mAP@ALL, or held-out pairs, scored by R@1).
         base: Where the model came from (recorded with the adapter).
     """
@@ -637,7 +604,7 @@ class HashFinetuneTask(FinetuneTask):
         return terms["total"]
 
     def evaluate(self, model: Any) -> dict[str, float]:
-        from vistrieve.hashing.train import evaluate_map, evaluate_pairs
+        from vistrieve.training.hashing import evaluate_map, evaluate_pairs
 
         if self.data.benchmark is not None:
             m = evaluate_map(model, self.data.benchmark, top_ks=(None,))

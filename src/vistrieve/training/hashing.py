@@ -13,22 +13,19 @@ For paired data without labels (Flickr30k embeddings) it reports R@K in both dir
 with :func:`vistrieve.evals.metrics.image_text_retrieval_metrics` on the ±1 codes, whose
 inner product is ``bits - 2 * hamming`` (Hamming ranking, ties counted pessimistically).
 
-Three feature sources are built in: the Wikipedia benchmark (``wikiData.mat``), a folder of
-paired embeddings split in two halves (the Flickr30k CLIP ViT-L/14 embeddings), and the
-shapes world encoded with a vistrieve encoder (cached on disk).
+Two feature sources are built in: the Wikipedia benchmark (``wikiData.mat``) and a folder
+of paired embeddings split in two halves (the Flickr30k CLIP ViT-L/14 embeddings); the
+shapes-world source is a recipe (:mod:`vistrieve.recipes.shapes.hashing`).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import logging
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vistrieve.data.tasks import HashingDataset, PairedEmbeddings
-from vistrieve.utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_json, load_npy
+from vistrieve.utils.io import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
-    # torch and the model are imported where they are used: the command-line options of
-    # this module are built without importing torch.
+    # torch and the model are imported where they are used, so that building the
+    # command-line options does not import torch.
     import torch
 
     from vistrieve.hashing.heads import CMSEH, CMSEHConfig
@@ -533,290 +530,90 @@ def paired_data(
     )
 
 
-def _encode_unique(encoder: Any, texts: Sequence[str]) -> np.ndarray:
-    unique = sorted(set(texts))
-    feats = encoder.encode_text(unique)
-    row = {t: i for i, t in enumerate(unique)}
-    return np.asarray(feats[[row[t] for t in texts]], dtype=np.float32)
-
-
-def shapes_data(
-    encoder: str = "shapes-clip",
+def train_hash_model(
+    data: HashData,
+    out: str | os.PathLike[str],
     *,
-    seed: int = 0,
-    n_train: int = 4000,
-    n_test: int = 1000,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> HashData:
-    """The shapes world encoded with a vistrieve encoder (multi-label, 48 colour-shape labels).
+    model: Mapping[str, Any] | None = None,
+    loss: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    command: str = "",
+) -> dict[str, Any]:
+    """Train a CMSEH model on ``data``, evaluate it and save it in ``OUT/model``.
 
-    Training pairs are every (image, caption) of the train split (5 per image). Queries are
-    the test-split items, the database the train-split items; an item's text is its first
-    caption. Features are cached under ``cache_dir`` (``.npy``, no pickle).
-    """
-    from vistrieve.data.shapes import ShapesConfig, ShapesWorld, label_matrix
-    from vistrieve.encoders import create_encoder
-
-    key = f"shapes-{encoder.replace(':', '_').replace('/', '_')}-s{seed}-{n_train}-{n_test}"
-    cache = Path(cache_dir) / key if cache_dir is not None else None
-    names = ("train_image", "train_text", "train_labels", "test_image", "test_text", "test_labels")
-    arrays: dict[str, np.ndarray] = {}
-    n_caps = np.empty(0, dtype=np.int64)
-    if cache is not None and all((cache / f"{n}.npy").is_file() for n in names):
-        arrays = {n: load_npy(cache / f"{n}.npy") for n in names}
-        n_caps = load_npy(cache / "train_captions.npy")
-    else:
-        world = ShapesWorld(
-            ShapesConfig(
-                seed=seed, n_train=n_train, n_val=0, n_test=n_test, n_composed=0, n_dialogs=0
-            )
-        )
-        enc = create_encoder(encoder, progress=False)
-        for split, prefix in (("train", "train"), ("test", "test")):
-            corpus = world.corpus(split)
-            items = list(corpus.values())
-            logger.info("encoding %d %s images with %s", len(items), split, encoder)
-            arrays[f"{prefix}_image"] = np.asarray(
-                enc.encode_image([it.image for it in items]), dtype=np.float32
-            )
-            texts = [c for it in items for c in it.captions]
-            arrays[f"{prefix}_text"] = _encode_unique(enc, texts)
-            arrays[f"{prefix}_labels"] = label_matrix(corpus)
-            if split == "train":
-                n_caps = np.array([len(it.captions) for it in items], dtype=np.int64)
-        if cache is not None:
-            for n, arr in arrays.items():
-                atomic_save_npy(cache / f"{n}.npy", arr)
-            atomic_save_npy(cache / "train_captions.npy", n_caps)
-    first = np.concatenate([[0], np.cumsum(n_caps)[:-1]]).astype(np.int64)
-    test_caps = arrays["test_text"].shape[0] // arrays["test_image"].shape[0]
-    owner = np.repeat(np.arange(len(n_caps)), n_caps)
-    train_labels = arrays["train_labels"]
-    ds = HashingDataset(
-        name="shapes",
-        train_image=arrays["train_image"][owner],
-        train_text=arrays["train_text"],
-        train_labels=train_labels[owner],
-        query_image=arrays["test_image"],
-        query_text=arrays["test_text"][::test_caps],
-        query_labels=arrays["test_labels"],
-        db_image=arrays["train_image"],
-        db_text=arrays["train_text"][first],
-        db_labels=train_labels,
-        protocol=(
-            f"shapes world (seed {seed}) encoded with {encoder}: queries = the "
-            f"{arrays['test_image'].shape[0]} test-split items, database = the "
-            f"{arrays['train_image'].shape[0]} train-split items (an item's text is its first "
-            f"caption); training pairs = all {arrays['train_text'].shape[0]} train captions "
-            f"with their images; {train_labels.shape[1]} colour-shape labels, relevant = "
-            "shares at least one label"
-        ),
-    )
-    return HashData(
-        "shapes",
-        ds.train_image,
-        ds.train_text,
-        ds.train_labels,
-        benchmark=ds,
-        protocol=ds.protocol,
-    )
-
-
-# ------------------------------------------------------------------------------ CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the ``vistrieve train hash`` options to a parser."""
-    p.add_argument("--data", choices=["wiki", "paired", "shapes"], required=True)
-    p.add_argument(
-        "--path", help="wiki: wikiData.mat; paired: folder of image/text .npy embeddings"
-    )
-    p.add_argument("--encoder", default="shapes-clip", help="shapes: encoder of the features")
-    p.add_argument("--n-train", type=int, default=500, help="paired: training images")
-    p.add_argument("--cache-dir", default="runs/hash-features", help="shapes: feature cache")
-    p.add_argument("--bits", type=int, default=64)
-    p.add_argument("--head", choices=["linear", "select"], default="linear")
-    p.add_argument("--head-hidden", type=int, help="hidden width of an MLP head")
-    p.add_argument("--no-fusion", action="store_true", help="no VTFN (heads on the features)")
-    p.add_argument("--float-only", action="store_true", help="coordinated embedding, no hashing")
-    p.add_argument("--shared-head", action="store_true", help="one head for both modalities")
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--modality-dropout", type=float, default=0.5)
-    p.add_argument(
-        "--semantic",
-        choices=["dcmh", "proxy", "none"],
-        default=None,
-        help="label loss (default dcmh with labels, none without)",
-    )
-    p.add_argument("--semantic-weight", type=float, default=1.0)
-    p.add_argument("--contrastive-weight", type=float, default=1.0)
-    p.add_argument("--embedding-weight", type=float, default=1.0)
-    p.add_argument("--quantization-weight", type=float, default=0.1)
-    p.add_argument("--balance-weight", type=float, default=0.1)
-    p.add_argument("--temperature", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/hash", help="output directory (model + result.json)")
-    p.add_argument("--checkpoint-dir", help="resumable checkpoints (default: OUT/checkpoints)")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def load_data(args: argparse.Namespace) -> HashData:
-    """The :class:`HashData` a parsed command line asks for."""
-    if args.data in ("wiki", "paired") and not args.path:
-        raise ValueError(f"--data {args.data} needs --path")
-    if args.data == "wiki":
-        return wiki_data(args.path)
-    if args.data == "paired":
-        return paired_data(args.path, n_train=args.n_train, seed=args.seed)
-    return shapes_data(args.encoder, seed=args.seed, cache_dir=args.cache_dir)
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train and evaluate as a parsed ``vistrieve train hash`` command line asks.
+    Args:
+        data: Training features and the benchmark (or pairs) to evaluate on.
+        out: Output directory (``model/`` and ``result.json``).
+        model: :class:`~vistrieve.hashing.heads.CMSEHConfig` fields (``bits``, ``head`` ...).
+        loss: :class:`~vistrieve.hashing.losses.HashLossConfig` fields; ``semantic``
+            defaults to ``"dcmh"`` with labels and ``"none"`` without.
+        train: :class:`HashTrainConfig` fields (``epochs``, ``batch_size``, ``lr`` ...).
+        checkpoint_dir: Resumable checkpoints (default ``OUT/checkpoints``).
+        progress: Show progress bars.
+        command: The command line recorded in the result.
 
     Returns:
         The result record (also written to ``OUT/result.json``): protocol, settings,
-        metrics, history and wall times; the model is saved in ``OUT/model``.
+        metrics, history and wall times.
     """
     import torch
 
-    t0 = time.perf_counter()
-    data = load_data(args)
     t1 = time.perf_counter()
-    semantic = args.semantic or ("dcmh" if data.train_labels is not None else "none")
-    model_kw = {
-        "bits": args.bits,
-        "head": args.head,
-        "head_hidden": args.head_hidden,
-        "fusion": not args.no_fusion,
-        "hashing": not args.float_only,
-        "shared_head": args.shared_head,
-        "d_model": args.d_model,
-        "modality_dropout": args.modality_dropout,
-    }
-    loss_kw = {
-        "semantic": semantic,
-        "semantic_weight": args.semantic_weight,
-        "contrastive_weight": args.contrastive_weight,
-        "embedding_weight": args.embedding_weight,
-        "quantization_weight": args.quantization_weight,
-        "balance_weight": args.balance_weight,
-        "temperature": args.temperature,
-    }
-    train_kw = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "seed": args.seed,
-    }
-    out_dir = Path(args.out)
-    model, history = fit_cmseh(
+    loss_kw = dict(loss or {})
+    if loss_kw.get("semantic") is None:
+        loss_kw["semantic"] = "dcmh" if data.train_labels is not None else "none"
+    semantic = loss_kw["semantic"]
+    train_kw = dict(train or {})
+    out_dir = Path(out)
+    hash_model, history = fit_cmseh(
         data.train_image,
         data.train_text,
         data.train_labels if semantic != "none" else None,
-        model=model_kw,
+        model=dict(model or {}),
         loss=loss_kw,
         train=train_kw,
-        checkpoint_dir=args.checkpoint_dir or out_dir / "checkpoints",
-        progress=not args.no_progress,
+        checkpoint_dir=checkpoint_dir or out_dir / "checkpoints",
+        progress=progress,
     )
     t2 = time.perf_counter()
     if data.benchmark is not None:
-        metrics = evaluate_map(model, data.benchmark)
+        metrics = evaluate_map(hash_model, data.benchmark)
     else:
         assert data.pairs is not None
-        metrics = evaluate_pairs(model, data.pairs)
+        metrics = evaluate_pairs(hash_model, data.pairs)
     t3 = time.perf_counter()
-    argv = [a for a in getattr(args, "argv", []) or []]
     result: dict[str, Any] = {
-        "command": ("vistrieve train hash " + " ".join(argv)) if argv else _command(args),
+        "command": command,
         "data": data.name,
         "protocol": data.protocol,
-        "model": model.config.to_dict(),
+        "model": hash_model.config.to_dict(),
         "loss": loss_kw,
         "train": train_kw,
         "metrics": metrics,
-        "seconds": {"data": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
+        "seconds": {"train": t2 - t1, "evaluate": t3 - t2},
         "torch_threads": torch.get_num_threads(),
         "history": history,
     }
-    model.save(out_dir / "model", meta={k: result[k] for k in ("command", "protocol", "metrics")})
+    hash_model.save(
+        out_dir / "model", meta={k: result[k] for k in ("command", "protocol", "metrics")}
+    )
     atomic_write_json(out_dir / "result.json", result)
     return result
-
-
-def _command(args: argparse.Namespace) -> str:
-    """The options of a parsed command line, spelled as ``vistrieve train hash`` flags."""
-    defaults = vars(build_parser().parse_args(["--data", args.data]))
-    parts = ["vistrieve train hash"]
-    for key, value in vars(args).items():
-        if key not in defaults or value == defaults[key] and key != "data":
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif value not in (False, None):
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m vistrieve.hashing.train`` / ``vistrieve train hash``."""
-    p = argparse.ArgumentParser(
-        prog="vistrieve train hash",
-        description="Train a CMSEH hash model on precomputed features and evaluate it.",
-    )
-    add_arguments(p)
-    return p
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run a parsed ``vistrieve train hash`` command line; prints the result without history.
-
-    Errors propagate (the ``vistrieve`` entry point reports them); use :func:`main` for a
-    standalone exit code.
-    """
-    result = run(args)
-    summary = {k: v for k, v in result.items() if k != "history"}
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vistrieve.hashing.train``: train, evaluate, print the result as JSON."""
-    args = build_parser().parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
-    try:
-        return run_cli(args)
-    except (FileNotFoundError, ValueError) as exc:
-        sys.stderr.write(f"vistrieve train hash: error: {exc}\n")
-        return 2
 
 
 __all__ = [
     "TOP_KS",
     "HashData",
     "HashTrainConfig",
-    "add_arguments",
     "build_cmseh",
-    "build_parser",
     "evaluate_map",
     "evaluate_pairs",
     "fit_cmseh",
-    "load_data",
-    "main",
     "map_metrics_from_scores",
     "paired_data",
-    "run",
-    "run_cli",
-    "shapes_data",
     "train_cmseh",
+    "train_hash_model",
     "wiki_data",
 ]
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vistrieve.training.clip import ClipTrainConfig, train_clip
+from vistrieve.training.clip import ClipTrainConfig, evaluate_encoder, train_clip
 from vistrieve.utils.io import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -36,20 +36,6 @@ def shapes_vocabulary_texts(world: Any) -> list[str]:
             texts.append(d.caption)
             texts.extend(t.as_text() for t in d.turns)
     return texts
-
-
-def evaluate_encoder(encoder: Any, corpus: Any) -> dict[str, float]:
-    """Text<->image R@1/5/10 and MRR of ``encoder`` on ``corpus`` (5-caption protocol)."""
-    import numpy as np
-
-    from vistrieve.evals.metrics import image_text_retrieval_metrics
-
-    items = list(corpus.values())
-    img = encoder.encode_image([it.image for it in items])
-    texts, owners = corpus.caption_pairs()
-    pos = {it.id: i for i, it in enumerate(items)}
-    txt = encoder.encode_text(texts)
-    return image_text_retrieval_metrics(img, txt, np.array([pos[o] for o in owners]))
 
 
 def train_shapes_clip(

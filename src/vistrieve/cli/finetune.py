@@ -20,6 +20,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from vistrieve.recipes.shapes.data import shapes_heldout_corpora, shapes_vocabulary
 from vistrieve.training.finetune import (
     STAGES,
     FinetuneConfig,
@@ -30,71 +31,21 @@ from vistrieve.training.finetune import (
 
 logger = logging.getLogger(__name__)
 
-HELDOUT_COMBOS: tuple[tuple[str, str], ...] = (
-    ("red", "circle"),
-    ("blue", "star"),
-    ("green", "triangle"),
-    ("yellow", "hexagon"),
-    ("purple", "square"),
-    ("cyan", "diamond"),
-)
-"""Colour-shape pairs of the shapes world's held-out-combination split (``shapes-heldout``)."""
-
-
-def shapes_heldout_corpora(
-    n_train: int = 2000, n_val: int = 200, n_test: int = 1000
-) -> tuple[Any, Any, Any]:
-    """Train / val / test corpora of held-out-combination images (each holds at least one of
-    :data:`HELDOUT_COMBOS`): the ``heldout`` splits of worlds seeded 1, 2 and 0, so the three
-    share no scene stream; the test part is the seed-0 world's ``heldout`` split."""
-    from vistrieve.data.shapes import ShapesWorld
-
-    def part(seed: int, n: int) -> Any:
-        world = ShapesWorld(
-            seed=seed,
-            holdout_combos=HELDOUT_COMBOS,
-            n_train=0,
-            n_val=0,
-            n_test=n,
-            n_composed=0,
-            n_dialogs=0,
-        )
-        return world.corpus("heldout")
-
-    return part(1, n_train), part(2, n_val), part(0, n_test)
-
-
-def _shapes_vocabulary() -> list[str]:
-    from vistrieve.data.shapes import COLOURS, SHAPES
-
-    return [*COLOURS, *SHAPES]
-
 
 # ------------------------------------------------------------------------------- clip
 def clip_task(args: argparse.Namespace) -> FinetuneTask:
     """The ``clip`` stage: ``--base`` an encoder spec (shapes-clip[:WEIGHTS], clip-tiny-test,
     open_clip:ARCH[:PRETRAINED], lit:HEADS_DIR), ``--data`` shapes | shapes-heldout |
     flickr8k:DIR | manifest:PATH (with ``--val manifest:PATH``)."""
-    from vistrieve.encoders import create_encoder
+    from vistrieve.encoders import create_encoder, parse_encoder_spec
     from vistrieve.training.tasks import ClipFinetuneTask
 
-    base: str = args.base
-    if base.startswith("lit:"):
-        return _lit_task(base[4:], args)
-    if base.startswith("open_clip:"):
-        parts = base.split(":", 2)
-        encoder = create_encoder(
-            "open_clip",
-            model=parts[1],
-            pretrained=parts[2] if len(parts) > 2 else None,
-            progress=False,
-        )
-    elif base.startswith("shapes-clip:"):
-        encoder = create_encoder("shapes-clip", path=base[12:], progress=False)
-    else:
-        encoder = create_encoder(base, progress=False)
+    spec = parse_encoder_spec(args.base)
+    if spec["name"] == "lit":
+        return _lit_task(spec["heads"], args)
+    encoder = create_encoder(spec, progress=False)
     train, val, test = _pair_data(args)
-    words = _shapes_vocabulary() if args.hard_negatives else []
+    words = shapes_vocabulary() if args.hard_negatives else []
     return ClipFinetuneTask(encoder, train, val, test=test, negative_words=words)
 
 
@@ -184,11 +135,8 @@ def rewriter_task(args: argparse.Namespace) -> FinetuneTask:
     ``manifest:PAIRS.jsonl`` (``--val`` another JSONL for token accuracy; ``--prompt
     dialog-summary`` reads ``instruction`` as the dialog)."""
     from vistrieve.llm import HFChatLLM, load_smollm2
-    from vistrieve.training.tasks import (
-        RewriterFinetuneTask,
-        read_rewrite_pairs,
-        shapes_rewrite_pairs,
-    )
+    from vistrieve.recipes.shapes.data import shapes_rewrite_pairs
+    from vistrieve.training.tasks import RewriterFinetuneTask, read_rewrite_pairs
 
     base: str = args.base
     if base == "smollm2" or base.startswith("smollm2:"):
@@ -200,16 +148,15 @@ def rewriter_task(args: argparse.Namespace) -> FinetuneTask:
     dialog = args.prompt == "dialog-summary" or args.data == "shapes-dialogs"
     if args.data == "shapes-dialogs":
         from vistrieve.data.shapes import ShapesWorld
-        from vistrieve.training.tasks import shapes_dialog_pairs
+        from vistrieve.recipes.shapes.data import shapes_dialog_pairs
 
         pairs = shapes_dialog_pairs(ShapesWorld(seed=0, n_dialogs=args.n_train or 1000), "train")
         val = shapes_dialog_pairs(ShapesWorld(seed=0), "val")[: args.n_val]
     elif args.data == "shapes":
         from vistrieve.data.shapes import ShapesWorld
-        from vistrieve.encoders import create_encoder
-        from vistrieve.query_rewriting.captioner import load_shapes_captioner
+        from vistrieve.recipes.shapes.captioner import load_shapes_captioner
 
-        captioner = load_shapes_captioner(create_encoder("shapes-clip", progress=False))
+        captioner = load_shapes_captioner()
         world = ShapesWorld(seed=0, n_composed=args.n_train or 2000)
         pairs = shapes_rewrite_pairs(world, "train", captioner=captioner)
         val = shapes_rewrite_pairs(ShapesWorld(seed=0), "val", captioner=captioner)
@@ -242,7 +189,7 @@ def rewriter_task(args: argparse.Namespace) -> FinetuneTask:
 # ------------------------------------------------------------------------------- reranker
 def reranker_task(args: argparse.Namespace) -> FinetuneTask:
     """The ``reranker`` stage: ``--base`` a directory written by the shapes Q-Former
-    training (``python -m vistrieve.rerankers.qformer``) or ``embedded``; ``--data
+    training (``vistrieve train qformer``) or ``embedded``; ``--data
     shapes-heldout``, ``shapes`` (negatives mined by shapes-clip; captions that also
     describe a mined image count as its positives) or ``manifest:PATH`` with ``--val
     manifest:PATH`` (your images and captions; only a caption's own image is its positive)."""
@@ -256,9 +203,10 @@ def reranker_task(args: argparse.Namespace) -> FinetuneTask:
             "manifest:PATH"
         )
     train, val, _ = _pair_data(args)
-    encoder = create_encoder("shapes-clip", progress=False)
     both = {**dict(train.items()), **dict(val.items())}
     reranker = load_qformer_reranker(args.base, both)
+    # Negatives are mined by the dual encoder the Q-Former reads (its saved image tower).
+    encoder = create_encoder(reranker.image_tower or {}, progress=False)
     positives_of = None
     if not args.data.startswith("manifest:"):
         from vistrieve.data.shapes import Scene, caption_signature
@@ -283,7 +231,8 @@ def hash_task(args: argparse.Namespace) -> FinetuneTask:
 
     from vistrieve.hashing.heads import CMSEH
     from vistrieve.hashing.losses import CMSEHLoss, HashLossConfig
-    from vistrieve.hashing.train import paired_data, shapes_data, wiki_data
+    from vistrieve.recipes.shapes.hashing import shapes_data
+    from vistrieve.training.hashing import paired_data, wiki_data
     from vistrieve.training.tasks import HashFinetuneTask
 
     model = CMSEH.load(args.base)
@@ -293,7 +242,7 @@ def hash_task(args: argparse.Namespace) -> FinetuneTask:
     elif kind == "paired" and path:
         data = paired_data(path, n_train=args.n_train or 500)
     elif kind == "shapes":
-        data = shapes_data("shapes-clip", cache_dir=str(Path(args.out) / "features"))
+        data = shapes_data(cache_dir=str(Path(args.out) / "features"))
     else:
         raise ValueError(f"unknown --data {args.data!r}; use wiki:MAT, paired:DIR or shapes")
     labels = data.train_labels
@@ -318,7 +267,7 @@ def grace_task(args: argparse.Namespace) -> FinetuneTask:
     retriever = GraceRetriever.load(args.base)
     if args.data == "shapes":
         from vistrieve.data.shapes import Scene, ShapesWorld
-        from vistrieve.generative.shapes import pseudo_queries
+        from vistrieve.recipes.shapes.grace import pseudo_queries
 
         world = ShapesWorld(seed=0)
         corpus = None
@@ -371,7 +320,7 @@ _HELP = {
 }
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "clip": {"base": "shapes-clip", "data": "shapes-heldout"},
+    "clip": {"data": "shapes-heldout"},
     "reranker": {"data": "shapes-heldout"},
     "rewriter": {"base": "smollm2", "data": "shapes"},
     "grace": {"data": "shapes"},

@@ -12,9 +12,6 @@ largest K.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -164,43 +161,3 @@ def train_shapes_grace(
     }
     atomic_write_json(Path(out) / "result.json", result)
     return result
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``vistrieve train grace``."""
-    p.add_argument("--out", default="runs/grace", help="output directory")
-    p.add_argument("--scheme", choices=SCHEMES, default="structured", help="identifier scheme")
-    p.add_argument("--split", default="test", help="shapes split whose images form the corpus")
-    p.add_argument("--memorise-steps", type=int, default=1500)
-    p.add_argument("--retrieve-steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--beams", type=int, default=10, help="beam width (the largest K of R@K)")
-    p.add_argument("--width", type=int, default=128, help="T5 width")
-    p.add_argument("--layers", type=int, default=2, help="T5 encoder and decoder layers")
-    p.add_argument("--n-images", type=int, help="use only the split's first N images")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run ``vistrieve train grace`` from parsed arguments."""
-    cfg = GraceTrainConfig(
-        memorise_steps=args.memorise_steps,
-        retrieve_steps=args.retrieve_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-    )
-    result = train_shapes_grace(
-        args.out,
-        scheme=args.scheme,
-        split=args.split,
-        config=cfg,
-        num_beams=args.beams,
-        width=args.width,
-        layers=args.layers,
-        n_images=args.n_images,
-        seed=args.seed,
-    )
-    sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    return 0

