@@ -653,7 +653,8 @@ def test_eval_cli_reproduces_clip_vitl14_flickr30k(
         (["--dataset", "flickr8k", "--encoder", "clip-tiny-test"], "needs --data"),
         (["--dataset", "karpathy", "--encoder", "clip-tiny-test"], "--karpathy-json"),
         (["--dataset", "karpathy", "--task", "composed"], "only has the retrieval task"),
-        (["--dataset", "shapes", "--split", "dev", "--encoder", "x"], "has splits"),
+        (["--dataset", "shapes", "--split", "dev", "--encoder", "clip-tiny-test"], "has splits"),
+        (["--encoder", "no-such-encoder"], "unknown encoder .no-such-encoder."),
         (["--dataset", "embeddings"], "needs --data"),
         (["--encoder", "clip-tiny-test", "--model", "ViT-B-32"], "bare --encoder open_clip"),
         (["--encoder", "lit"], "lit:HEADS_DIR"),
@@ -686,4 +687,5 @@ def test_encoder_specs() -> None:
         "hf-hub:org/repo"
     )
     assert eval_cli._encoder_args("hf:/models/clip", args)[1]["name_or_path"] == "/models/clip"
-    assert eval_cli._encoder_args("lit:runs/lit", args)[1]["heads"] == "runs/lit"
+    # Local paths are stored absolute, so a saved spec means the same from any directory.
+    assert eval_cli._encoder_args("lit:runs/lit", args)[1]["heads"] == str(Path("runs/lit").resolve())

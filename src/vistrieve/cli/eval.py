@@ -220,32 +220,30 @@ def _corpus(args: argparse.Namespace) -> Any:
 
 # ----------------------------------------------------------------------------- methods
 def _encoder_args(spec: str, args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
-    """(registered name, factory kwargs, method label) of one ``--encoder`` value."""
-    name, _, rest = spec.partition(":")
-    kw: dict[str, Any] = {}
+    """(registered name, factory kwargs, method label) of one ``--encoder`` value (the syntax
+    of :func:`vistrieve.encoders.parse_encoder_spec`; a bare ``open_clip`` or ``hf`` takes
+    ``--model`` / ``--pretrained``)."""
+    from vistrieve.encoders import parse_encoder_spec
+
+    try:
+        parsed = parse_encoder_spec(spec)
+    except (KeyError, ValueError) as exc:
+        raise SystemExit(str(exc.args[0] if exc.args else exc)) from None
+    name = str(parsed.pop("name"))
+    kw: dict[str, Any] = parsed
     label = spec
-    if name == "open_clip":
-        if rest.startswith(("hf-hub:", "local-dir:")):
-            model, pretrained = rest, None
-        elif rest:
-            model, _, tag = rest.partition(":")
-            pretrained = tag or None
-        else:
-            model, pretrained = args.model or "ViT-B-32", args.pretrained
-            label = ":".join(x for x in ("open_clip", model, pretrained) if x)
-        kw.update(model=model, pretrained=pretrained)
-    elif name == "hf":
-        path = rest or args.model
-        if not path:
+    if name == "open_clip" and "model" not in kw:
+        kw.update(model=args.model or "ViT-B-32", pretrained=args.pretrained)
+        label = ":".join(x for x in ("open_clip", kw["model"], kw["pretrained"]) if x)
+    elif name == "open_clip":
+        kw.setdefault("pretrained", None)
+    elif name == "hf" and "name_or_path" not in kw:
+        if not args.model:
             raise SystemExit("--encoder hf needs a model: hf:NAME_OR_PATH or --model NAME_OR_PATH")
-        kw["name_or_path"] = path
-        label = f"hf:{path}"
-    elif name == "lit":
-        if not rest:
-            raise SystemExit("the lit encoder needs its trained heads: --encoder lit:HEADS_DIR")
-        kw["heads"] = rest
-    elif rest:
-        raise SystemExit(f"encoder {name!r} takes no ':' arguments (got {spec!r})")
+        kw["name_or_path"] = args.model
+        label = f"hf:{args.model}"
+    elif name == "lit" and "heads" not in kw:
+        raise SystemExit("the lit encoder needs its trained heads: --encoder lit:HEADS_DIR")
     for key in ("device", "batch_size", "num_workers"):
         value = getattr(args, key)
         if value is not None:

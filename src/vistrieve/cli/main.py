@@ -21,20 +21,31 @@ def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
-def _encoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = {"device": args.device, "batch_size": args.batch_size}
-    if args.num_workers is not None:
-        kw["num_workers"] = args.num_workers
-    if args.encoder == "open_clip":
-        kw["model"] = args.model or "ViT-B-32"
-        kw["pretrained"] = args.pretrained
-    elif args.encoder == "hf":
+def encoder_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The encoder spec (plus runtime options) of ``--encoder`` and its companions: any form
+    :func:`vistrieve.encoders.parse_encoder_spec` reads; a bare ``open_clip`` or ``hf`` takes
+    ``--model`` / ``--pretrained``."""
+    from vistrieve.encoders import parse_encoder_spec
+
+    spec = parse_encoder_spec(args.encoder)
+    name = spec["name"]
+    if name == "open_clip" and "model" not in spec:
+        spec["model"] = args.model or "ViT-B-32"
+        spec["pretrained"] = (
+            parse_encoder_spec(f"open_clip:{spec['model']}:{args.pretrained}").get("pretrained")
+            if args.pretrained
+            else None
+        )
+    elif name == "hf" and "name_or_path" not in spec:
         if not args.model:
-            raise SystemExit("--encoder hf needs --model NAME_OR_PATH")
-        kw["name_or_path"] = args.model
+            raise SystemExit("--encoder hf needs --model NAME_OR_PATH (or --encoder hf:PATH)")
+        spec["name_or_path"] = parse_encoder_spec(f"hf:{args.model}")["name_or_path"]
     elif args.model or args.pretrained:
         raise SystemExit(f"--model/--pretrained do not apply to --encoder {args.encoder}")
-    return kw
+    spec.update(device=args.device, batch_size=args.batch_size)
+    if args.num_workers is not None:
+        spec["num_workers"] = args.num_workers
+    return spec
 
 
 # ----------------------------------------------------------------------------- index
@@ -54,7 +65,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         corpus, skipped_rows = result.corpus, list(result.skipped)
     else:
         raise SystemExit(f"source not found: {source} (give an image folder or a manifest file)")
-    encoder = create_encoder(args.encoder, **_encoder_kwargs(args))
+    encoder = create_encoder(encoder_from_args(args))
     retriever = DenseRetriever.build(
         encoder,
         corpus,
@@ -79,11 +90,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- search
 def cmd_search(args: argparse.Namespace) -> int:
-    from vistrieve.retrievers.dense import DenseRetriever
+    from vistrieve.retrievers import load_retriever
     from vistrieve.types import Query
 
-    overrides: dict[str, Any] = {"device": args.device}
-    retriever = DenseRetriever.load(args.index_dir, **overrides)
+    retriever: Any = load_retriever(args.index_dir, device=args.device)
     if args.image and args.text:
         query = Query(text=args.text, image=args.image)
     elif args.image:
@@ -92,7 +102,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         query = Query(text=args.text)
     else:
         raise SystemExit("give a query text, --image PATH, or both (composed query)")
-    hits = retriever.retrieve([query], k=args.k, target=args.target)[0]
+    # Only retrievers with a caption index take target="text" (GRACE answers with images).
+    extra = {"target": args.target} if args.target != "image" else {}
+    hits = retriever.retrieve([query], k=args.k, **extra)[0]
     if args.json:
         _out(
             json.dumps([{"id": h.id, "score": h.score, **dict(h.metadata)} for h in hits], indent=2)
@@ -134,7 +146,8 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encoder",
         default="shapes-clip",
-        help="encoder: shapes-clip (embedded default), open_clip, hf, clip-tiny-test",
+        help="encoder spec: a name (shapes-clip, clip-tiny-test), open_clip:ARCH[:PRETRAINED], "
+        "hf:PATH, lit:HEADS_DIR, or a JSON object",
     )
     p.add_argument("--model", help="open_clip architecture / hf-hub: / local-dir:, or hf name/path")
     p.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file")
