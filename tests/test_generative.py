@@ -240,6 +240,21 @@ def test_image_queries_and_save_load_round_trip(tmp_path: Path) -> None:
     assert [[h.id for h in hs] for hs in again] == [[h.id for h in hs] for hs in hits]
     assert np.allclose([h.score for hs in again for h in hs], [h.score for hs in hits for h in hs])
     assert loaded.identifiers.by_item == ids.by_item
+    # The directory says what it is: the generic loader reopens it, also without the record
+    # that directories saved before kinds were recorded lack.
+    from vistrieve.retrievers import load_retriever, retriever_kind
+
+    assert retriever_kind(tmp_path / "grace") == "grace"
+    generic = load_retriever(tmp_path / "grace", encoder=enc)
+    assert isinstance(generic, GraceRetriever) and generic.num_beams == 4
+    (tmp_path / "grace" / "retriever.json").unlink()
+    assert retriever_kind(tmp_path / "grace") == "grace"
+    assert (
+        load_retriever(tmp_path / "grace", encoder=enc, num_beams=4)
+        .retrieve(queries[:1], k=4)[0][0]
+        .id
+        == hits[0][0].id
+    )
 
 
 def test_images_can_be_added_later(tmp_path: Path) -> None:

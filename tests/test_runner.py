@@ -688,4 +688,6 @@ def test_encoder_specs() -> None:
     )
     assert eval_cli._encoder_args("hf:/models/clip", args)[1]["name_or_path"] == "/models/clip"
     # Local paths are stored absolute, so a saved spec means the same from any directory.
-    assert eval_cli._encoder_args("lit:runs/lit", args)[1]["heads"] == str(Path("runs/lit").resolve())
+    assert eval_cli._encoder_args("lit:runs/lit", args)[1]["heads"] == str(
+        Path("runs/lit").resolve()
+    )

@@ -76,7 +76,7 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._factories)) or "none"
             raise KeyError(f"unknown {self.kind} {name!r}{hint} (registered: {known})") from None
 
-    def create(self, name: str, **overrides: Any) -> T:
+    def create(self, name: str, /, **overrides: Any) -> T:
         """Build the object registered under ``name`` with keyword overrides."""
         return self.get(name)(**overrides)
 
