@@ -56,13 +56,21 @@ if TYPE_CHECKING:
     from vistrieve.indexes import FaissIndex as FaissIndex
     from vistrieve.indexes import create_index as create_index
     from vistrieve.indexes import load_index as load_index
+    from vistrieve.llm import create_llm as create_llm
     from vistrieve.pipeline import RerankStage as RerankStage
     from vistrieve.pipeline import RetrievalPipeline as RetrievalPipeline
+    from vistrieve.query_rewriting import create_rewriter as create_rewriter
+    from vistrieve.rerankers import load_reranker as load_reranker
+    from vistrieve.retrievers import load_retriever as load_retriever
     from vistrieve.retrievers.dense import DenseRetriever as DenseRetriever
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "load_retriever": "vistrieve.retrievers",
+    "load_reranker": "vistrieve.rerankers",
+    "create_llm": "vistrieve.llm",
+    "create_rewriter": "vistrieve.query_rewriting",
     "ShapesWorld": "vistrieve.data.shapes",
     "RetrievalPipeline": "vistrieve.pipeline",
     "RerankStage": "vistrieve.pipeline",
@@ -109,5 +117,9 @@ __all__ = [
     "__version__",
     "create_encoder",
     "create_index",
+    "create_llm",
+    "create_rewriter",
     "load_index",
+    "load_reranker",
+    "load_retriever",
 ]

@@ -103,8 +103,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         raise SystemExit("give a query text, --image PATH, or both (composed query)")
     # Only retrievers with a caption index take target="text" (GRACE answers with images).
-    extra = {"target": args.target} if args.target != "image" else {}
-    hits = retriever.retrieve([query], k=args.k, **extra)[0]
+    target = {"target": args.target} if args.target != "image" else {}
+    hits = retriever.retrieve([query], k=args.k, **target)[0]
     if args.json:
         _out(
             json.dumps([{"id": h.id, "score": h.score, **dict(h.metadata)} for h in hits], indent=2)

@@ -18,6 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vistrieve.query_rewriting.captioner import HFCaptioner, PrefixCaptioner
+from vistrieve.query_rewriting.chat import (
+    ChatSession,
+    DialogSummaryRewriter,
+    FeedbackLoop,
+    LLMQuestioner,
+    simulated_feedback,
+)
+from vistrieve.query_rewriting.cirevl import CachedCaptioner, CIReVLRewriter
 from vistrieve.registry import Registry
 from vistrieve.types import QueryRewriter
 
@@ -115,6 +124,15 @@ def create_rewriter(spec: str | Mapping[str, Any] | QueryRewriter, **kw: Any) ->
 __all__ = [
     "CAPTIONERS",
     "REWRITERS",
+    "CIReVLRewriter",
+    "CachedCaptioner",
+    "ChatSession",
+    "DialogSummaryRewriter",
+    "FeedbackLoop",
+    "HFCaptioner",
+    "LLMQuestioner",
+    "PrefixCaptioner",
+    "simulated_feedback",
     "create_rewriter",
     "embedded_captioner_dir",
     "load_captioner",

@@ -26,6 +26,9 @@ from typing import Any
 
 from vistrieve.registry import Registry
 from vistrieve.rerankers.base import BaseReranker, PairwiseReranker
+from vistrieve.rerankers.blip2 import Blip2ItmReranker
+from vistrieve.rerankers.listwise import ChatModelLetterScorer, HFLetterScorer, ListwiseReranker
+from vistrieve.rerankers.qformer import QFormerReranker, load_qformer_reranker
 from vistrieve.types import Item, Reranker
 
 RERANKERS: Registry[Reranker] = Registry("reranker")
@@ -131,7 +134,13 @@ def load_reranker(
 __all__ = [
     "RERANKERS",
     "BaseReranker",
+    "Blip2ItmReranker",
+    "ChatModelLetterScorer",
+    "HFLetterScorer",
+    "ListwiseReranker",
     "PairwiseReranker",
+    "QFormerReranker",
+    "load_qformer_reranker",
     "load_reranker",
     "reranker_kind",
 ]
