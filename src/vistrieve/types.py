@@ -130,6 +130,39 @@ class Query:
         parts.extend(t.as_text() for t in turns)
         return separator.join(parts)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Query:
+        """A query from its JSON form: ``{"text", "image", "dialog", "id"}`` (any subset),
+        dialog rounds as ``[question, answer]`` pairs.
+
+        Raises:
+            ValueError: unknown fields, malformed dialog rounds, or an empty query.
+            TypeError: ``data`` is not a mapping.
+
+        Example:
+            >>> Query.from_dict({"text": "a dog", "dialog": [["colour?", "brown"]]}).kind
+            'dialog'
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a query must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {"text", "image", "dialog", "id"}
+        if unknown:
+            raise ValueError(
+                f"unknown query fields {sorted(unknown)}; use text, image, dialog (and id)"
+            )
+        dialog = []
+        for turn in data.get("dialog") or []:
+            if not isinstance(turn, (list, tuple)) or len(turn) != 2:
+                raise ValueError(f"dialog turns are [question, answer] pairs, got {turn!r}")
+            dialog.append(DialogTurn(str(turn[0]), str(turn[1])))
+        qid = data.get("id")
+        return cls(
+            text=data.get("text"),
+            image=data.get("image"),
+            dialog=tuple(dialog),
+            id=None if qid is None else str(qid),
+        )
+
     def with_text(self, text: str, **metadata: Any) -> Query:
         """A copy whose text is replaced (a rewrite), keeping the id; extra metadata merges in."""
         merged = {**self.metadata, **metadata}
@@ -239,6 +272,26 @@ class Corpus(Mapping[str, Item]):
     def ids(self) -> list[str]:
         """Item ids in corpus order."""
         return list(self._items)
+
+    def _extend(self, items: Sequence[Item]) -> None:
+        """Append items in place (for retrievers' ``add``: every stage that shares this corpus,
+        rerankers included, sees the new items).
+
+        Raises:
+            ValueError: an id is already present (nothing is added then).
+        """
+        seen: set[str] = set()
+        for item in items:
+            if item.id in self._items or item.id in seen:
+                raise ValueError(f"duplicate item id {item.id!r} in corpus")
+            seen.add(item.id)
+        for item in items:
+            self._items[item.id] = item
+
+    def _drop(self, ids: Sequence[str]) -> None:
+        """Remove ids in place (for retrievers' ``remove``); unknown ids are ignored."""
+        for i in ids:
+            self._items.pop(i, None)
 
     def subset(self, ids: Sequence[str]) -> Corpus:
         """A corpus of the given ids, in the given order."""

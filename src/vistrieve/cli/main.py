@@ -7,7 +7,6 @@ its options and calls the library. ``main(argv)`` returns an exit code so tests 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -88,35 +87,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- search
-def cmd_search(args: argparse.Namespace) -> int:
-    from vistrieve.retrievers import load_retriever
-    from vistrieve.types import Query
-
-    retriever: Any = load_retriever(args.index_dir, device=args.device)
-    if args.image and args.text:
-        query = Query(text=args.text, image=args.image)
-    elif args.image:
-        query = Query(image=args.image)
-    elif args.text:
-        query = Query(text=args.text)
-    else:
-        raise SystemExit("give a query text, --image PATH, or both (composed query)")
-    # Only retrievers with a caption index take target="text" (GRACE answers with images).
-    target = {"target": args.target} if args.target != "image" else {}
-    hits = retriever.retrieve([query], k=args.k, **target)[0]
-    if args.json:
-        _out(
-            json.dumps([{"id": h.id, "score": h.score, **dict(h.metadata)} for h in hits], indent=2)
-        )
-    else:
-        _out(f"{query.kind} query -> top {len(hits)} {args.target}s")
-        for h in hits:
-            extra = h.metadata.get("caption") or h.metadata.get("uri") or ""
-            _out(f"{h.metadata['rank'] + 1:>3}. {h.score:+.4f}  {h.id}  {extra}")
-    return 0
-
-
 # ----------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from vistrieve.demo import run_demo
@@ -134,11 +104,26 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vistrieve.service.app import serve
+    import os
 
-    if not Path(args.index_dir).is_dir():
-        raise FileNotFoundError(f"index directory not found: {args.index_dir}")
-    serve(args.index_dir, host=args.host, port=args.port, llm=args.llm)
+    from vistrieve.service.app import ServiceConfig, serve
+
+    if args.pipeline is None:
+        if args.index_dir is None:
+            raise SystemExit("give an index directory or --pipeline SPEC")
+        if not Path(args.index_dir).is_dir():
+            raise FileNotFoundError(f"index directory not found: {args.index_dir}")
+    token = args.token or os.environ.get("VISTRIEVE_TOKEN") or None
+    config = ServiceConfig(token=token, allowed_origins=tuple(args.allow_origin or ()))
+    serve(
+        args.index_dir,
+        pipeline=args.pipeline,
+        host=args.host,
+        port=args.port,
+        llm=args.llm,
+        state=args.state,
+        config=config,
+    )
     return 0
 
 
@@ -175,26 +160,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_options(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="search a built index")
-    p.add_argument("index_dir")
-    p.add_argument("text", nargs="?", help="query text (the modification with --image)")
-    p.add_argument("--image", help="query image (reference image with a text)")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--target", choices=["image", "text"], default="image")
-    p.add_argument("--json", action="store_true", help="print hits as JSON")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_search)
+    from vistrieve.cli.search import add_pipeline_parser, add_search_parser
+
+    add_search_parser(sub)
+    add_pipeline_parser(sub)
 
     p = sub.add_parser("demo", help="end-to-end demo on the built-in shapes world (offline)")
     p.add_argument("--n-test", type=int, default=1000, help="test-split images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("serve", help="serve a saved index over HTTP with the chat web page")
-    p.add_argument("index_dir", help="a directory written by `vistrieve index`")
+    p = sub.add_parser("serve", help="serve an index or a pipeline over HTTP with a chat page")
+    p.add_argument("index_dir", nargs="?", help="a directory written by `vistrieve index`")
+    p.add_argument("--pipeline", metavar="SPEC", help="serve a pipeline spec (.toml/.json)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--llm", choices=["smollm2"], help="LLM questioner (default: generic questions)")
+    p.add_argument(
+        "--state", help="SQLite file for sessions and the index journal (default: beside it)"
+    )
+    p.add_argument(
+        "--token",
+        help="bearer token required by the index-changing routes (or $VISTRIEVE_TOKEN)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="another origin (scheme://host:port) allowed to post from a browser (repeatable)",
+    )
     p.set_defaults(func=cmd_serve)
 
     from vistrieve.cli.eval import add_eval_parser

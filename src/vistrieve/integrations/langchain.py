@@ -28,7 +28,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from vistrieve.types import DialogTurn, Hit, Item, Query
+from vistrieve.types import Hit, Item, Query
 
 
 def parse_query(query: str | Query | Mapping[str, Any]) -> Query:
@@ -46,19 +46,7 @@ def parse_query(query: str | Query | Mapping[str, Any]) -> Query:
             return Query(text=query)  # text that merely starts with a brace
     if not isinstance(data, Mapping):
         raise TypeError(f"unsupported query {query!r}: give text, a JSON object or a Query")
-    unknown = set(data) - {"text", "image", "dialog", "id"}
-    if unknown:
-        raise ValueError(
-            f"unknown query fields {sorted(unknown)}; use text, image, dialog (and id)"
-        )
-    dialog = []
-    for turn in data.get("dialog") or []:
-        if not isinstance(turn, Sequence) or isinstance(turn, str) or len(turn) != 2:
-            raise ValueError(f"dialog turns are [question, answer] pairs, got {turn!r}")
-        dialog.append(DialogTurn(str(turn[0]), str(turn[1])))
-    return Query(
-        text=data.get("text"), image=data.get("image"), dialog=tuple(dialog), id=data.get("id")
-    )
+    return Query.from_dict(data)
 
 
 def hit_to_document(hit: Hit, corpus: Mapping[str, Item] | None = None) -> Document:

@@ -7,7 +7,9 @@ name their LLM the same way:
 * ``{"name": "smollm2"}``: SmolLM2-135M-Instruct from its GGUF file (offline default);
 * ``{"name": "hf", "name_or_path": "/models/qwen"}``: any local transformers chat model;
 * ``{"name": "langchain", "model": "langchain_openai:ChatOpenAI", "kwargs": {...}}``: any
-  langchain-core chat model by import path.
+  langchain-core chat model by import path;
+* ``{"name": "openai", "base_url": "http://127.0.0.1:8080/v1", "model": "m",
+  "api_key_env": "OPENAI_API_KEY"}``: any OpenAI-compatible endpoint.
 
 Example:
     >>> from langchain_core.language_models import FakeListChatModel
@@ -24,8 +26,10 @@ from typing import Any
 
 from vistrieve.llm.backends import (
     SMOLLM2_GGUF,
+    EndpointError,
     HFChatLLM,
     LangChainLLM,
+    OpenAIChatLLM,
     fetch_smollm2,
     find_smollm2,
     load_causal_lm,
@@ -68,6 +72,12 @@ def _langchain(
     return LangChainLLM(cls(**dict(kwargs or {})), name=name, **decoding)
 
 
+@LLMS.register("openai")
+def _openai(base_url: str, model: str, **kw: Any) -> ChatLLM:
+    """Any OpenAI-compatible chat-completions endpoint (vLLM, Ollama, llama.cpp, hosted)."""
+    return OpenAIChatLLM(base_url, model, **kw)
+
+
 def create_llm(spec: str | Mapping[str, Any] | ChatLLM, **overrides: Any) -> ChatLLM:
     """Build an LLM backend from a registered name, a spec mapping, or pass one through.
 
@@ -94,6 +104,8 @@ __all__ = [
     "LLMS",
     "SMOLLM2_GGUF",
     "CachedLLM",
+    "EndpointError",
+    "OpenAIChatLLM",
     "ChatLLM",
     "HFChatLLM",
     "LangChainLLM",

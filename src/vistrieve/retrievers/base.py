@@ -15,6 +15,7 @@ Layout of a saved retriever directory::
     image_index/        the image index (see vistrieve.indexes)
     text_index/         the caption index, ids "{item_id}#{j}" (optional)
     corpus.jsonl        one item per line: id, image path, captions, labels, metadata
+    images/             images that were added in memory (e.g. uploaded), as PNG
     build_report.json   what the build did (optional)
 """
 
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 RETRIEVER_FILE = "retriever.json"
 PARTIAL_DIR = ".partial"
+IMAGES_DIR = "images"
+"""Where images added in memory (not from a file) are stored with a saved retriever."""
 Target = Literal["image", "text"]
 _R = TypeVar("_R", bound="IndexedRetriever")
 
@@ -138,16 +141,57 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def write_corpus(corpus: Mapping[str, Item], path: Path) -> None:
-    """Write items as JSON lines (id, image path, captions, labels, JSON-able metadata)."""
+def stored_image_name(item_id: str) -> str:
+    """File name under ``images/`` for an item whose image was added in memory."""
+    return hashlib.sha256(item_id.encode("utf-8")).hexdigest()[:24] + ".png"
+
+
+def _store_images(corpus: Mapping[str, Item], directory: Path) -> dict[str, str]:
+    """Write in-memory images into ``directory/images`` (and carry over images stored there
+    before); returns item id -> path relative to ``directory``."""
+    stored: dict[str, str] = {}
+    for it in corpus.values():
+        if it.image is None:
+            continue
+        uri = it.uri
+        own = stored_image_name(it.id)
+        if uri is not None and (Path(uri).name != own or Path(uri).parent.name != IMAGES_DIR):
+            continue  # an image file outside the retriever: referenced by its path
+        rel = f"{IMAGES_DIR}/{own}"
+        dest = directory / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if uri is not None:
+            try:
+                os.link(uri, dest)  # the same bytes as the previous save: no copy
+            except OSError:
+                shutil.copyfile(uri, dest)
+        else:
+            it.image.save(dest, format="PNG")
+        stored[it.id] = rel
+    return stored
+
+
+def write_corpus(
+    corpus: Mapping[str, Item], path: Path, stored: Mapping[str, str] | None = None
+) -> None:
+    """Write items as JSON lines (id, image path, captions, labels, JSON-able metadata).
+
+    Image paths are absolute, or relative to the file's folder for images stored with the
+    retriever (``stored``: item id -> relative path), never relative to the working
+    directory.
+    """
     lines = []
+    stored = stored or {}
     for it in corpus.values():
         meta = {k: v for k, v in it.metadata.items() if _jsonable(v)}
+        image = stored.get(it.id)
+        if image is None and it.uri is not None:
+            image = str(Path(it.uri).resolve())
         lines.append(
             json.dumps(
                 {
                     "id": it.id,
-                    "image": it.uri,
+                    "image": image,
                     "captions": list(it.captions),
                     "labels": list(it.labels),
                     "metadata": meta,
@@ -158,8 +202,20 @@ def write_corpus(corpus: Mapping[str, Item], path: Path) -> None:
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
+def _image_path(value: str | None, root: Path) -> str | None:
+    if value is None or Path(value).is_absolute():
+        return value
+    inside = root / value
+    if inside.exists() or not Path(value).exists():
+        return str(inside)
+    # Written by an older version relative to the working directory it was built in.
+    logger.warning("image path %r is relative to the working directory; re-save the index", value)
+    return value
+
+
 def read_corpus(path: Path) -> Corpus:
-    """Read a corpus written by :func:`write_corpus`.
+    """Read a corpus written by :func:`write_corpus` (relative image paths are taken from the
+    file's folder).
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -178,7 +234,7 @@ def read_corpus(path: Path) -> Corpus:
         items.append(
             Item(
                 row["id"],
-                image=row.get("image"),
+                image=_image_path(row.get("image"), path.parent),
                 captions=tuple(row.get("captions", ())),
                 labels=tuple(row.get("labels", ())),
                 metadata=row.get("metadata", {}),
@@ -401,7 +457,11 @@ class IndexedRetriever:
         """Encode and add new items (images and captions); unreadable images are skipped."""
         t0 = time.perf_counter()
         report = BuildReport(n_items=len(items))
-        merged = Corpus([*self.corpus.values(), *items])
+        seen: set[str] = set()
+        for it in items:
+            if it.id in self.corpus or it.id in seen:
+                raise ValueError(f"duplicate item id {it.id!r} in corpus")
+            seen.add(it.id)
         with_image = [it for it in items if it.image is not None]
         if with_image:
             emb, ok, failures = encode_tolerant(self.encoder, [it.image for it in with_image])
@@ -414,7 +474,8 @@ class IndexedRetriever:
             report.n_indexed = len(ok)
         if self.text_index is not None:
             self._index_captions(Corpus(list(items)), report)
-        self.corpus = merged
+        # In place: rerankers and sessions that share this corpus see the new items.
+        self.corpus._extend(items)
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -430,7 +491,7 @@ class IndexedRetriever:
             caps = [c for c in self.text_index.ids if c.rpartition("#")[0] in gone]
             if caps:
                 self.text_index.remove(caps)
-        self.corpus = Corpus([it for it in self.corpus.values() if it.id not in gone])
+        self.corpus._drop(list(gone))
         return removed
 
     # ------------------------------------------------------------------ persistence
@@ -444,7 +505,7 @@ class IndexedRetriever:
             self.image_index.save(tmp / "image_index")
             if self.text_index is not None:
                 self.text_index.save(tmp / "text_index")
-            write_corpus(self.corpus, tmp / "corpus.jsonl")
+            write_corpus(self.corpus, tmp / "corpus.jsonl", _store_images(self.corpus, tmp))
             if self.build_report is not None:
                 atomic_write_json(tmp / "build_report.json", self.build_report.to_dict())
             atomic_write_json(

@@ -132,6 +132,15 @@ class QFormerReranker(PairwiseReranker):
             warm_dense(wanted)
         return len(todo)
 
+    def forget(self, ids: Sequence[str]) -> None:
+        """Drop cached features of ``ids`` (their images were removed or replaced)."""
+        for i in ids:
+            self._cache.pop(i, None)
+        images = getattr(self.dense, "images", None)
+        if isinstance(images, dict):
+            for i in ids:
+                images.pop(i, None)
+
     def _tokens_for(self, ids: Sequence[str]) -> torch.Tensor:
         missing = [i for i in dict.fromkeys(ids) if i not in self._cache]
         for i in missing:

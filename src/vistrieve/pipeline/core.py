@@ -24,7 +24,9 @@ its best first-stage score over the expansions (``"max"``) or the RRF of its ran
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -104,6 +106,18 @@ def _fuse(previous: Sequence[Hit], reranked: Sequence[Hit], stage: RerankStage) 
     return out
 
 
+def _size_of(retriever: Any) -> int | None:
+    """How many items a first stage can return, when it says (its corpus or identifiers)."""
+    for attr in ("corpus", "identifiers"):
+        owner = getattr(retriever, attr, None)
+        if owner is not None:
+            try:
+                return len(owner)
+            except TypeError:
+                return None
+    return None
+
+
 class RetrievalPipeline:
     """Rewriter -> first-stage retriever -> rerankers; a retriever itself.
 
@@ -147,6 +161,53 @@ class RetrievalPipeline:
         self.k_retrieve = k_retrieve
         self.merge = merge
         self.name = name
+        self.spec: dict[str, Any] | None = None
+        self.parts: Any = None
+        """What :meth:`from_spec` built beside the stages (LLM, questioner, feedback loop)."""
+        self.last_timings: dict[str, float] = {}
+        """Wall seconds of each stage in the last :meth:`retrieve` call, by stage label."""
+
+    @classmethod
+    def from_spec(
+        cls, source: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any
+    ) -> RetrievalPipeline:
+        """Build a pipeline from a spec file (TOML or JSON) or a spec mapping.
+
+        Relative paths in a file are relative to the file's folder. ``overrides`` are
+        encoder runtime options for the first stage (``device``, ``batch_size``).
+
+        Raises:
+            SpecError: the spec is malformed (the message names the bad key).
+        """
+        from vistrieve.pipeline.spec import build_parts
+
+        parts = build_parts(source, **overrides)
+        pipe = cls(
+            parts.retriever,
+            [RerankStage(r, **opts) for r, opts in parts.rerankers],
+            rewriter=parts.rewriter,
+            k_retrieve=parts.k_retrieve,
+            name=parts.name,
+        )
+        pipe.spec = parts.spec
+        pipe.parts = parts
+        return pipe
+
+    def to_spec(self) -> dict[str, Any]:
+        """The normalised spec this pipeline was built from (paths absolute); writing it out
+        and building from it again gives the same pipeline.
+
+        Raises:
+            ValueError: the pipeline was assembled by hand, not from a spec.
+        """
+        if self.spec is None:
+            raise ValueError(
+                "this pipeline was assembled in Python; build it with "
+                "RetrievalPipeline.from_spec to get a spec"
+            )
+        import copy
+
+        return copy.deepcopy(self.spec)
 
     def stages(self) -> list[tuple[str, Any]]:
         """(label, component) of every stage, for cost accounting."""
@@ -159,7 +220,7 @@ class RetrievalPipeline:
 
     def _first_stage(self, queries: Sequence[Query], **kw: Any) -> list[list[Hit]]:
         if self.rewriter is None:
-            return self.retriever.retrieve(queries, k=self.k_retrieve, **kw)
+            return self.retriever.retrieve(queries, k=self._depth(), **kw)
         expansions = self.rewriter.rewrite(queries)
         if len(expansions) != len(queries):
             raise ValueError(
@@ -168,7 +229,7 @@ class RetrievalPipeline:
         flat = [q for exp in expansions for q in exp]
         if any(not exp for exp in expansions):
             raise ValueError("rewriter returned no query for some input; return the query itself")
-        hits = self.retriever.retrieve(flat, k=self.k_retrieve, **kw)
+        hits = self.retriever.retrieve(flat, k=self._depth(), **kw)
         merged: list[list[Hit]] = []
         pos = 0
         for exp in expansions:
@@ -176,6 +237,11 @@ class RetrievalPipeline:
             pos += len(exp)
             merged.append(self._merge(lists))
         return merged
+
+    def _depth(self) -> int:
+        """First-stage depth, never more than the first stage holds (no huge buffers)."""
+        size = _size_of(self.retriever)
+        return self.k_retrieve if size is None else max(1, min(self.k_retrieve, size))
 
     def _merge(self, lists: Sequence[Sequence[Hit]]) -> list[Hit]:
         if len(lists) == 1:
@@ -208,8 +274,12 @@ class RetrievalPipeline:
             raise TypeError("retrieve expects a sequence of queries; wrap a single one in a list")
         if not queries:
             return []
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
         current = self._first_stage(queries, **kw)
+        timings["first_stage"] = time.perf_counter() - t0
         for stage in self.stages_:
+            t0 = time.perf_counter()
             candidates = [c[: stage.k] for c in current]
             nonempty = [i for i, c in enumerate(candidates) if c]
             reranked_all: list[list[Hit]] = [[] for _ in candidates]
@@ -231,6 +301,8 @@ class RetrievalPipeline:
                     ]
                     reranked_all[i] = _fuse(candidates[i], labelled, stage)
             current = reranked_all
+            timings[stage.label] = time.perf_counter() - t0
+        self.last_timings = timings
         return [
             [
                 Hit(
