@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,6 +48,43 @@ class TestVistrieveRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return "a red circle and a blue square"
+
+
+@functools.lru_cache(maxsize=1)
+def _pipeline_spec() -> str:
+    """A spec of the shapes index followed by the shipped Q-Former (written once)."""
+    import tempfile
+
+    retriever, _ = _shapes()
+    root = Path(tempfile.mkdtemp(prefix="vistrieve-lc-"))
+    retriever.save(root / "index")
+    (root / "pipeline.toml").write_text(
+        '[retriever]\npath = "index"\nk = 8\n\n[[rerank]]\nkind = "qformer"\nk = 8\n'
+    )
+    return str(root / "pipeline.toml")
+
+
+class TestVistrieveRetrieverOnAPipeline(RetrieversIntegrationTests):
+    """The same standard suite against a pipeline with a reranker, built from a spec."""
+
+    @property
+    def retriever_constructor(self) -> Any:
+        return VistrieveRetriever.from_spec
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"spec": _pipeline_spec(), "k": 4}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "a red circle and a blue square"
+
+
+def test_a_spec_built_retriever_reports_both_stages() -> None:
+    docs = VistrieveRetriever.from_spec(_pipeline_spec(), k=3).invoke("a red circle")
+    assert len(docs) == 3
+    assert set(docs[0].metadata["scores"]) == {"dense", "qformer"}
+    assert docs[0].metadata["image"] is not None
 
 
 def test_documents_carry_ids_scores_and_captions() -> None:

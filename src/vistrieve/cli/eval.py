@@ -114,7 +114,17 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     m.add_argument("--model", help="architecture of a bare open_clip (or model of a bare hf)")
     m.add_argument("--pretrained", help="pretrained tag or checkpoint of a bare open_clip")
-    m.add_argument("--index-dir", action="append", help="method: a saved retriever (repeatable)")
+    m.add_argument(
+        "--index-dir",
+        action="append",
+        help="method: a saved retriever of any kind (dense, hash, GRACE; repeatable)",
+    )
+    m.add_argument(
+        "--pipeline",
+        action="append",
+        metavar="SPEC",
+        help="method: a pipeline spec (.toml/.json) with all its stages (repeatable)",
+    )
     m.add_argument(
         "--grace", action="append", help="method: a saved GRACE generative retriever (repeatable)"
     )
@@ -123,8 +133,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--rerank",
         metavar="DIR",
         help=(
-            "also evaluate every --encoder / --index-dir method followed by this Q-Former "
-            "reranker (a saved directory or 'embedded'; text -> image, retrieval task)"
+            "also evaluate every --encoder / --index-dir method followed by this reranker "
+            "(a saved Q-Former or BLIP-2 directory, 'embedded', or a JSON spec such as "
+            '\'{"kind": "blip2", "path": "DIR", "mode": "itm"}\'; text -> image, retrieval task)'
         ),
     )
     m.add_argument("--rerank-k", type=int, default=16, help="candidates the reranker re-scores")
@@ -264,8 +275,11 @@ def _method_specs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], s
     specs = list(args.encoder or [])
     if (args.model or args.pretrained) and not any(s in ("open_clip", "hf") for s in specs):
         raise SystemExit("--model/--pretrained apply to a bare --encoder open_clip or hf")
-    if not specs and not args.index_dir and not args.grace:
-        raise SystemExit("give at least one method: --encoder SPEC, --index-dir DIR or --grace DIR")
+    if not specs and not args.index_dir and not args.grace and not args.pipeline:
+        raise SystemExit(
+            "give at least one method: --encoder SPEC, --index-dir DIR, --pipeline SPEC or "
+            "--grace DIR"
+        )
     if args.rerank:
         if not specs and not args.index_dir:
             raise SystemExit("--rerank needs a first stage: --encoder SPEC or --index-dir DIR")
@@ -296,22 +310,40 @@ def _methods(
         if getattr(args, key) is not None
     }
     for directory in args.index_dir or []:
-        retriever = DenseRetriever.load(directory, **runtime)
-        label = _unique(str(directory), methods)
-        methods[label] = retriever
-        notes[label] = _index_notes(retriever, corpus, directory)
-    if args.rerank:
-        from vistrieve.pipeline import RerankStage, RetrievalPipeline
-        from vistrieve.rerankers.qformer import load_qformer_reranker
+        from vistrieve.retrievers import load_retriever
 
-        reranker = load_qformer_reranker(args.rerank, corpus)
+        loaded: Any = load_retriever(directory, **runtime)
+        label = _unique(str(directory), methods)
+        methods[label] = loaded
+        notes[label] = _index_notes(loaded, corpus, directory)
+    if args.rerank:
+        import json
+
+        from vistrieve.pipeline import RerankStage, RetrievalPipeline
+        from vistrieve.rerankers import load_reranker
+
+        source: Any = args.rerank
+        if source.lstrip().startswith("{"):
+            try:
+                source = json.loads(source)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"--rerank {args.rerank!r} is not valid JSON: {exc}") from None
+        reranker = load_reranker(source, corpus)
+        kind = str(getattr(reranker, "name", type(reranker).__name__))
         for first in list(methods):
-            label = _unique(f"{first} + qformer (k={args.rerank_k}, {args.fusion})", methods)
+            label = _unique(f"{first} + {kind} (k={args.rerank_k}, {args.fusion})", methods)
             stage = RerankStage(reranker, k=args.rerank_k, fusion=args.fusion)
             methods[label] = RetrievalPipeline(methods[first], [stage], k_retrieve=args.rerank_k)
             notes[label] = [
-                f"the Q-Former reranker {args.rerank} re-scores the top {args.rerank_k} of {first}"
+                f"the reranker {args.rerank} re-scores the top {args.rerank_k} of {first}"
             ]
+    for spec in args.pipeline or []:
+        from vistrieve.pipeline import RetrievalPipeline
+
+        pipe = RetrievalPipeline.from_spec(spec, **runtime)
+        label = _unique(f"pipeline:{pipe.name}", methods)
+        methods[label] = pipe
+        notes[label] = [f"pipeline spec {spec}"] + _index_notes(pipe.retriever, corpus, spec)
     for directory in args.grace or []:
         from vistrieve.generative import GraceRetriever
 
@@ -343,7 +375,8 @@ def _build_notes(retriever: Any) -> list[str]:
 
 
 def _index_notes(retriever: Any, corpus: Any, directory: str) -> list[str]:
-    indexed = set(retriever.image_index.ids)
+    index = getattr(retriever, "image_index", None)
+    indexed = set(index.ids if index is not None else getattr(retriever, "ids", ()))
     wanted = [i for i, it in corpus.items() if it.image is not None]
     missing = [i for i in wanted if i not in indexed]
     if len(missing) == len(wanted):

@@ -81,6 +81,21 @@ class VistrieveRetriever(BaseRetriever):
     k: int = 4
     corpus: Any = None
 
+    @classmethod
+    def from_spec(cls, spec: Any, **kwargs: Any) -> VistrieveRetriever:
+        """A retriever over the pipeline a spec file (or mapping) describes, with its first
+        stage's corpus for document captions and image paths.
+
+        Example:
+            >>> retriever = VistrieveRetriever.from_spec("pipeline.toml", k=5)  # doctest: +SKIP
+            >>> retriever.invoke("a dog running on the grass")  # doctest: +SKIP
+        """
+        from vistrieve.pipeline import RetrievalPipeline
+
+        pipe = RetrievalPipeline.from_spec(spec)
+        kwargs.setdefault("corpus", getattr(pipe.retriever, "corpus", None))
+        return cls(retriever=pipe, **kwargs)
+
     def _get_relevant_documents(
         self,
         query: str,
