@@ -141,8 +141,8 @@ def test_eval_takes_a_pipeline(workdir: Path, tmp_path: Path, capsys) -> None:  
 
     # The index's own items (their images are stored with it) as the evaluation set.
     write_manifest(load_retriever(workdir / "index").corpus, tmp_path / "eval.jsonl")
-    argv = ["eval", "--dataset", "manifest", "--data", str(tmp_path / "eval.jsonl"),
-            "--pipeline", str(workdir / "pipeline.toml"), "--out", str(tmp_path / "ev")]  # fmt: skip
+    argv = ["eval", "--dataset", "manifest", "--data", str(tmp_path / "eval.jsonl")]
+    argv += ["--pipeline", str(workdir / "pipeline.toml"), "--out", str(tmp_path / "ev")]
     assert main(argv) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     name = next(n for n in report["methods"] if n.startswith("pipeline:shapes"))
