@@ -70,7 +70,7 @@ def _batches(lines: Iterable[str], size: int) -> Iterator[list[tuple[int, str]]]
 
 
 def search_lines(
-    target: Any, lines: Iterable[str], out: TextIO, *, k: int, batch_size: int = 32, **kw: Any
+    target: Any, lines: Iterable[str], out: TextIO, *, k: int, batch_size: int = 256, **kw: Any
 ) -> int:
     """Answer every query line, writing one JSON line each; returns the number answered."""
     done = 0
