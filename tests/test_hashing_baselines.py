@@ -52,3 +52,22 @@ def test_errors() -> None:
         CMFH(8).fit(image, text[:49])
     with pytest.raises(ValueError, match="at most min"):
         CCAITQ(32).fit(image, text)
+
+
+def test_pca_itq_is_an_orthonormal_projection_that_lowers_quantisation_error() -> None:
+    from vistrieve.hashing.baselines import pca_itq
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 16)) @ rng.standard_normal((16, 16))
+    x -= x.mean(0)
+    p = pca_itq(x, 8, seed=1)
+    assert p.shape == (16, 8)
+    np.testing.assert_allclose(p.T @ p, np.eye(8), atol=1e-5)
+    np.testing.assert_array_equal(p, pca_itq(x, 8, seed=1))
+    # ITQ's objective: the rotation brings x @ p closer to its sign than plain PCA does
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    pca = x @ vt[:8].T
+    v = x @ p
+    assert np.linalg.norm(np.sign(v) - v) < np.linalg.norm(np.sign(pca) - pca)
+    with pytest.raises(ValueError, match="asked for 32"):
+        pca_itq(x, 32)

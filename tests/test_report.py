@@ -174,3 +174,32 @@ def test_import_has_no_plotting_side_effect() -> None:
     code = "import sys, vistrieve.evals.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_publish_table_replaces_only_its_own_block(tmp_path) -> None:
+    from vistrieve.evals.report import publish_table
+
+    doc = tmp_path / "bench.md"
+    doc.write_text("# Results\n\nintro\n", encoding="utf-8")
+    assert publish_table(doc, "a", "| x |\n|---|\n| 1 |", command="run a") is False
+    assert publish_table(doc, "b", "| y |\n|---|\n| 2 |", command="run b") is False
+    assert publish_table(doc, "a", "| x |\n|---|\n| 3 |", command="run a") is True
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith("# Results\n\nintro\n")
+    assert "| 3 |" in text and "| 1 |" not in text and "| 2 |" in text
+    assert text.count("<!-- experiment a:") == 1 and text.count("<!-- /experiment a -->") == 1
+    assert "written by `run a`" in text
+    # the text after a block survives a replacement
+    assert text.index("| 3 |") < text.index("| 2 |")
+
+
+def test_publish_table_refuses_a_bad_key_or_a_broken_block(tmp_path) -> None:
+    from vistrieve.evals.report import publish_table
+
+    doc = tmp_path / "bench.md"
+    with pytest.raises(ValueError, match="experiment key"):
+        publish_table(doc, "a b", "t", command="c")
+    doc.write_text("<!-- experiment a: written by `c`; x -->\nold\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no '<!-- /experiment a -->'"):
+        publish_table(doc, "a", "new", command="c")
+    assert doc.read_text(encoding="utf-8").endswith("old\n")  # untouched

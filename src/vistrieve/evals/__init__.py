@@ -32,7 +32,7 @@ from vistrieve.evals.metrics import (
     recall_at_k,
     target_rank,
 )
-from vistrieve.evals.report import EvalReport, MethodResult
+from vistrieve.evals.report import EvalReport, MethodResult, publish_table
 from vistrieve.evals.runner import (
     BaseEvaluator,
     ComposedEvaluator,
@@ -68,6 +68,7 @@ __all__ = [
     "load_wiki_xmodal",
     "mean_average_precision",
     "mrr",
+    "publish_table",
     "recall_at_k",
     "split_by_image",
     "target_rank",

@@ -414,3 +414,53 @@ def _save_fig(fig: Any, path: Path) -> Path:
 
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "EvalReport", "MethodResult", "Section"]
+
+
+_MARK = "<!-- experiment {key}: written by `{command}`; edit the config, not this table -->"
+_END = "<!-- /experiment {key} -->"
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def publish_table(doc: str | Path, key: str, markdown: str, *, command: str) -> bool:
+    """Write ``markdown`` into ``doc`` between the markers of experiment ``key``.
+
+    Result tables in the documentation are produced by the runs that measured them: the
+    block between ``<!-- experiment KEY: ... -->`` and ``<!-- /experiment KEY -->`` is
+    replaced whole (the start marker names the command that wrote it). When ``doc`` has no
+    block for ``key`` yet, one is appended at the end. The file is rewritten atomically.
+
+    Args:
+        doc: The markdown file (e.g. ``docs/benchmarks.md``).
+        key: The experiment's name: letters, digits, ``.``, ``_``, ``-``.
+        markdown: The table (or tables) to publish.
+        command: The command that reproduces the table, recorded in the start marker.
+
+    Returns:
+        True when an existing block was replaced, False when a new one was appended.
+
+    Raises:
+        ValueError: A bad key, or a block whose start marker has no end marker.
+    """
+    if not _KEY.match(key):
+        raise ValueError(f"experiment key {key!r}: use letters, digits, '.', '_' and '-'")
+    path = Path(doc)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    start = re.compile(rf"^<!-- experiment {re.escape(key)}:.*-->$", re.MULTILINE)
+    end = _END.format(key=key)
+    block = f"{_MARK.format(key=key, command=command)}\n\n{markdown.strip()}\n\n{end}"
+    found = start.search(text)
+    if found is None:
+        new = (text.rstrip("\n") + "\n\n" if text else "") + block + "\n"
+        replaced = False
+    else:
+        stop = text.find(end, found.end())
+        if stop < 0:
+            raise ValueError(
+                f"{path}: experiment {key!r} has a start marker but no {end!r}; "
+                "restore the end marker or delete the block"
+            )
+        new = text[: found.start()] + block + text[stop + len(end) :]
+        replaced = True
+    atomic_write_bytes(path, new.encode("utf-8"))
+    logger.info("published experiment %s into %s", key, path)
+    return replaced

@@ -35,6 +35,26 @@ def _itq(v: np.ndarray, iterations: int, rng: np.random.Generator) -> np.ndarray
     return r
 
 
+def pca_itq(x: np.ndarray, bits: int, *, iterations: int = 50, seed: int = 0) -> np.ndarray:
+    """PCA to ``bits`` dimensions followed by the ITQ rotation (Gong and Lazebnik 2011).
+
+    Args:
+        x: Centred features (n, d).
+        bits: Code length, at most ``min(n, d)``.
+        iterations: ITQ iterations.
+        seed: Seed of the initial rotation.
+
+    Returns:
+        The ``(d, bits)`` projection: codes are ``sign(x @ projection)``.
+    """
+    if not 0 < bits <= min(x.shape):
+        raise ValueError(f"PCA-ITQ gives at most min(n, d) = {min(x.shape)} bits; asked for {bits}")
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    pca = vt[:bits].T
+    rot = _itq(x @ pca, iterations, np.random.default_rng(seed))
+    return (pca @ rot).astype(np.float32)
+
+
 @dataclass
 class CMFH:
     """Collective Matrix Factorization Hashing.

@@ -4,7 +4,7 @@ shapes world: Hits@10 per round, zero-shot summaries vs the adapter's.
 Usage::
 
     vistrieve fetch smollm2 runs/assets/smollm2
-    python scripts/finetune_dialog_shapes.py --smollm2 runs/assets/smollm2 \
+    python experiments/finetune_dialog_shapes.py --smollm2 runs/assets/smollm2 \
         --out runs/finetune-dialog --steps 200 --test-limit 60
 
 Training pairs: every round r >= 1 of the train split's scripted dialogs (1,000 dialogs):
@@ -62,7 +62,7 @@ def main() -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, r=args.r, alpha=2 * args.r,
         eval_every=args.eval_every, warmup_steps=20,
     )  # fmt: skip
-    command = "python scripts/finetune_dialog_shapes.py " + " ".join(sys.argv[1:])
+    command = "python experiments/finetune_dialog_shapes.py " + " ".join(sys.argv[1:])
     result = finetune(task, cfg, out, command=command)
 
     data = ShapesWorld(seed=0).dialogs("test")

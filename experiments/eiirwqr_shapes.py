@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/eiirwqr_shapes.py --smollm2 runs/assets/smollm2 --limit 100 \
+    python experiments/eiirwqr_shapes.py --smollm2 runs/assets/smollm2 --limit 100 \
         --out runs/eiirwqr-shapes
 
 Queries: the vague first captions of the test split's dialogs ("something white"); the

@@ -2,15 +2,15 @@
 
 Usage::
 
-    python scripts/qformer_diagnostics.py errors          # what the first stage gets wrong
-    python scripts/qformer_diagnostics.py ceiling         # oracle R@1 of a perfect reranker
-    python scripts/qformer_diagnostics.py probe           # shape info in frozen ViT tokens
-    python scripts/qformer_diagnostics.py train --tokens post --steps 600 --n-hard 3
-    python scripts/qformer_diagnostics.py train --tokens 0 --steps 600 --n-hard 3
-    python scripts/qformer_diagnostics.py train --tokens post --neighbourhood 3 --steps 600
-    python scripts/qformer_diagnostics.py train --dense-residual --captioning-steps 2000 \
+    python experiments/qformer_diagnostics.py errors          # what the first stage gets wrong
+    python experiments/qformer_diagnostics.py ceiling         # oracle R@1 of a perfect reranker
+    python experiments/qformer_diagnostics.py probe           # shape info in frozen ViT tokens
+    python experiments/qformer_diagnostics.py train --tokens post --steps 600 --n-hard 3
+    python experiments/qformer_diagnostics.py train --tokens 0 --steps 600 --n-hard 3
+    python experiments/qformer_diagnostics.py train --tokens post --neighbourhood 3 --steps 600
+    python experiments/qformer_diagnostics.py train --dense-residual --captioning-steps 2000 \
         --steps 2000 --eval-queries 1500                  # captioning only
-    python scripts/qformer_diagnostics.py train --dense-residual --captioning-steps 1500 \
+    python experiments/qformer_diagnostics.py train --dense-residual --captioning-steps 1500 \
         --steps 3000 --captioning-weight 1 --n-hard 7 --eval-queries 1500
 
 The first call caches per-layer patch tokens, mined candidates and dual-encoder embeddings

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/screenshot.py --out docs/images/chat.png
+    python experiments/screenshot.py --out docs/images/chat.png
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/eval_listwise_smollm2.py --gguf-dir runs/assets/smollm2 \
+    python experiments/eval_listwise_smollm2.py --gguf-dir runs/assets/smollm2 \
         --queries 100 --out runs/listwise-smollm2.json
 
 For each of the first ``--queries`` test captions, shapes-clip's top ``--window``

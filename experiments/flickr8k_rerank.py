@@ -3,7 +3,7 @@
 Usage::
 
     vistrieve train lit --data ../shared/data/flickr8k-1k --out runs/lit-v1
-    python scripts/flickr8k_rerank.py --data ../shared/data/flickr8k-1k --lit runs/lit-v1 \
+    python experiments/flickr8k_rerank.py --data ../shared/data/flickr8k-1k --lit runs/lit-v1 \
         --out runs/flickr8k-rerank --steps 600
 
 The split is the LiT baseline's (``split_by_image(corpus, 800, seed=0)``: 800 training and
@@ -33,21 +33,6 @@ from vistrieve.rerankers.qformer import (
 )
 from vistrieve.retrievers.dense import DenseRetriever
 from vistrieve.training.qformer import train_qformer_reranker
-
-
-class _TextOnly:
-    """Hides ``target``: the rerankers score text -> image only."""
-
-    def __init__(self, inner):  # type: ignore[no-untyped-def]
-        self.inner = inner
-        self.name = getattr(inner, "name", "retriever")
-
-    def retrieve(self, queries, k=10):  # type: ignore[no-untyped-def]
-        return self.inner.retrieve(queries, k=k)
-
-    def stages(self):  # type: ignore[no-untyped-def]
-        inner = getattr(self.inner, "stages", None)
-        return inner() if callable(inner) else [(self.name, self.inner)]
 
 
 def main() -> int:
@@ -116,8 +101,8 @@ def main() -> int:
         ),
     }
     report = evaluate(
-        {n: _TextOnly(m) for n, m in methods.items()},
-        [RetrievalEvaluator(test, name="flickr8k-test")],
+        methods,
+        [RetrievalEvaluator(test, name="flickr8k-test", image_to_text=False)],
         title="Flickr8k test (200 images, 1,000 captions): LiT + Q-Former rerank",
         info={"train_record": {k: v for k, v in record.items() if k != "losses"}},
     )

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python scripts/eval_shapes_rerank.py --qformer runs/qformer --k 16 --split test \
+    python experiments/eval_shapes_rerank.py --qformer runs/qformer --k 16 --split test \
         --out runs/eval-rerank
-    python scripts/eval_shapes_rerank.py --qformer runs/qformer --k 16 --split heldout \
+    python experiments/eval_shapes_rerank.py --qformer runs/qformer --k 16 --split heldout \
         --out runs/eval-rerank-heldout
 """
 
@@ -65,9 +65,9 @@ def main() -> int:
             dense, [RerankStage(itm_only, k=args.k)], k_retrieve=args.k
         )
     # Image -> text is not reranked; evaluate text -> image only for every method.
-    evaluator = RetrievalEvaluator(corpus, name=f"shapes-{args.split}")
+    evaluator = RetrievalEvaluator(corpus, name=f"shapes-{args.split}", image_to_text=False)
     report = evaluate(
-        {n: _TextOnly(m) for n, m in methods.items()},
+        methods,
         [evaluator],
         title=f"shapes {args.split}: rerank",
     )
@@ -124,21 +124,6 @@ def binding_table(corpus, rerank) -> str:  # type: ignore[no-untyped-def]
         f"| Q-Former picks the right image |\n|---:|---:|---:|---:|\n"
         f"| {len(twins)} | {len(texts)} | {100 * dual:.1f}% | {100 * qf:.1f}% |\n"
     )
-
-
-class _TextOnly:
-    """Hides ``target`` so that the evaluator measures text -> image only."""
-
-    def __init__(self, inner):  # type: ignore[no-untyped-def]
-        self.inner = inner
-        self.name = getattr(inner, "name", "retriever")
-
-    def retrieve(self, queries, k=10):  # type: ignore[no-untyped-def]
-        return self.inner.retrieve(queries, k=k)
-
-    def stages(self):  # type: ignore[no-untyped-def]
-        inner = getattr(self.inner, "stages", None)
-        return inner() if callable(inner) else [(self.name, self.inner)]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ encoder on the same split, with training time.
 
 Usage::
 
-    python scripts/grace_shapes.py --out runs/grace-shapes \
+    python experiments/grace_shapes.py --out runs/grace-shapes \
         --schemes numeric string semantic structured atomic
 """
 

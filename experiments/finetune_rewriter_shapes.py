@@ -4,7 +4,7 @@ retrieval R@1/5/10 zero-shot vs the adapter.
 Usage::
 
     vistrieve fetch smollm2 runs/assets/smollm2
-    python scripts/finetune_rewriter_shapes.py --smollm2 runs/assets/smollm2 \
+    python experiments/finetune_rewriter_shapes.py --smollm2 runs/assets/smollm2 \
         --out runs/finetune-rewriter --steps 300 --test-limit 200
 
 Training pairs come from the train split's composed triplets (reference captioned by the
@@ -88,7 +88,7 @@ def main() -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, r=args.r, alpha=2 * args.r,
         eval_every=args.eval_every, warmup_steps=20,
     )  # fmt: skip
-    command = "python scripts/finetune_rewriter_shapes.py " + " ".join(sys.argv[1:])
+    command = "python experiments/finetune_rewriter_shapes.py " + " ".join(sys.argv[1:])
     result = finetune(task, cfg, out, command=command)
 
     # Test split: zero-shot vs the best adapter, once each.

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/hashing_experiments.py --data-dir ../shared/data --out runs/hashing-exp
+    python experiments/hashing_experiments.py --data-dir ../shared/data --out runs/hashing-exp
 
 Sections (``--sections``, default all):
 
@@ -44,6 +44,7 @@ import torch
 
 from vistrieve.data.tasks import PairedEmbeddings
 from vistrieve.evals.metrics import image_text_retrieval_metrics
+from vistrieve.hashing.baselines import pca_itq
 from vistrieve.indexes import BinaryHashIndex
 from vistrieve.recipes.shapes.hashing import shapes_data
 from vistrieve.training.hashing import (
@@ -220,7 +221,7 @@ def run_flickr(data_dir: Path) -> dict[str, Any]:
         # sign random projections (LSH) and PCA + ITQ rotation (Gong & Lazebnik) fit on the
         # training half of both modalities
         proj = rng.standard_normal((test.image.shape[1], b)).astype(np.float32)
-        itq = _pca_itq(centred, b, SEED)
+        itq = pca_itq(centred, b, seed=SEED)
         baselines = {}
         for name, p_ in (("lsh", proj), ("pca_itq", itq)):
             baselines[name] = image_text_retrieval_metrics(
@@ -287,18 +288,6 @@ def run_flickr(data_dir: Path) -> dict[str, Any]:
 
 def _sign(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, 1.0, -1.0).astype(np.float32)
-
-
-def _pca_itq(x: np.ndarray, bits: int, seed: int, iterations: int = 50) -> np.ndarray:
-    """PCA to ``bits`` dimensions followed by the ITQ rotation: a ``(d, bits)`` projection."""
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    pca = vt[:bits].T
-    v = x @ pca
-    rot = np.linalg.qr(np.random.default_rng(seed).standard_normal((bits, bits)))[0]
-    for _ in range(iterations):
-        u, _, wt = np.linalg.svd(v.T @ _sign(v @ rot))
-        rot = u @ wt
-    return (pca @ rot).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------ shapes

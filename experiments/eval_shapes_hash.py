@@ -3,7 +3,7 @@
 Usage::
 
     vistrieve train hash --data shapes --bits 64 --out runs/hash-shapes-64
-    python scripts/eval_shapes_hash.py --model runs/hash-shapes-64/model --out runs/eval-hash
+    python experiments/eval_shapes_hash.py --model runs/hash-shapes-64/model --out runs/eval-hash
 
 Both retrievers use the embedded shapes-clip features; the hash retriever ranks by Hamming
 distance of the CMSEH codes (and, as a third method, re-scores 4 x k Hamming candidates by

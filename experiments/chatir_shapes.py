@@ -3,7 +3,7 @@ questioners, with the simulated answerer that reads the scene graph.
 
 Usage::
 
-    python scripts/chatir_shapes.py --smollm2 runs/assets/smollm2 --out runs/chatir-shapes
+    python experiments/chatir_shapes.py --smollm2 runs/assets/smollm2 --out runs/chatir-shapes
 
 Questioners: the world's scripted dialogs (informative questions chosen from the scene,
 an oracle questioner), a fixed list of generic questions (no LLM), and SmolLM2-135M-Instruct

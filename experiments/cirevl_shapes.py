@@ -4,7 +4,7 @@ late-fusion and caption + modification baselines (text -> image with shapes-clip
 Usage::
 
     vistrieve fetch smollm2 runs/assets/smollm2
-    python scripts/cirevl_shapes.py --smollm2 runs/assets/smollm2 --out runs/cirevl-shapes
+    python experiments/cirevl_shapes.py --smollm2 runs/assets/smollm2 --out runs/cirevl-shapes
 
 The reference images are captioned by the shapes captioner (trained first when
 ``--captioner`` does not exist yet); the LLM is SmolLM2-135M-Instruct, zero-shot, greedy.

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/dialog_summary_shapes.py --smollm2 runs/assets/smollm2 --limit 100 \
+    python experiments/dialog_summary_shapes.py --smollm2 runs/assets/smollm2 --limit 100 \
         --out runs/dialog-summary-shapes
 
 The world's scripted dialogs (caption + question/answer rounds about the target), through
