@@ -306,9 +306,10 @@ def atomic_directory(
                 _rename(dest, old)
                 _rename(tmp, dest)
             _fsync_dir(dest.parent)
+            shutil.rmtree(old, ignore_errors=True)
+            # Last: until the journal goes, a load cleans up what a crash left behind.
             journal.unlink()
             _fsync_dir(dest.parent)
-            shutil.rmtree(old, ignore_errors=True)
         else:
             _rename(tmp, dest)
             _fsync_dir(dest.parent)
