@@ -158,15 +158,14 @@ def test_ties_go_to_the_earlier_item_even_at_the_cut(metric: MetricName, db_bloc
             np.testing.assert_array_equal(scores, np.take_along_axis(_scores(x, q, metric), pos, 1))
 
 
-def test_padding_when_k_exceeds_the_index() -> None:
+def test_k_is_clamped_to_the_index_size() -> None:
     idx = ExactIndex(4)
     assert idx.search(np.ones((2, 4), np.float32), 3) == [[], []]
     scores, pos = idx.search_arrays(np.ones((2, 4), np.float32), 3)
-    assert pos.tolist() == [[-1] * 3] * 2 and np.isneginf(scores).all()
+    assert pos.shape == scores.shape == (2, 0)
     idx.add(np.eye(4, dtype=np.float32)[:2], ["a", "b"])
     scores, pos = idx.search_arrays(np.array([[1, 2, 0, 0]], np.float32), 5)
-    assert pos.tolist() == [[1, 0, -1, -1, -1]]
-    assert scores[0, :2].tolist() == [2.0, 1.0] and np.isneginf(scores[0, 2:]).all()
+    assert pos.tolist() == [[1, 0]] and scores[0].tolist() == [2.0, 1.0]
     assert [h.id for h in idx.search(np.array([[1, 2, 0, 0]], np.float32), 5)[0]] == ["b", "a"]
     assert idx.search(np.empty((0, 4), np.float32), 2) == []
     assert idx.search_arrays(np.empty((0, 4), np.float32), 2)[1].shape == (0, 2)
@@ -479,6 +478,14 @@ def test_corrupt_faiss_file_of_the_right_size(tmp_path: Path) -> None:
     _filled(FaissIndex(D, "Flat"), x).save(tmp_path / "i")
     f = tmp_path / "i" / "index.faiss"
     f.write_bytes(b"\0" * f.stat().st_size)
+    with pytest.raises(ValueError, match="index.faiss does not match the SHA-256"):
+        load_index(tmp_path / "i")
+    # A manifest written before checksums: FAISS's own read error is reported.
+    mf = tmp_path / "i" / "manifest.json"
+    manifest = json.loads(mf.read_text())
+    for rec in manifest["files"]:
+        rec.pop("sha256")
+    mf.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="index.faiss: it is truncated or corrupt"):
         load_index(tmp_path / "i")
 

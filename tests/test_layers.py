@@ -1,6 +1,6 @@
 """The package's layers, read from every module's imports (function-level ones included).
 
-core (types, registry, utils, adapters) <- components (data, encoders, indexes, retrievers,
+core (types, registry, utils, errors, adapters) <- components (data, encoders, indexes, retrievers,
 hashing, rerankers, query_rewriting, llm, generative, pipeline) <- evals, training <- recipes
 <- apps (cli, service, demo, integrations). A module may import its own layer or a lower
 one, never a higher one, and no chain of imports may lead back to where it started.
@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "vistrieve.types": 0,
     "vistrieve.registry": 0,
     "vistrieve.utils": 0,
+    "vistrieve.errors": 0,
     "vistrieve.adapters": 0,
     "vistrieve.data": 1,
     "vistrieve.encoders": 1,

@@ -48,22 +48,75 @@ def encoder_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- index
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def check_index_output(out: Path, source: Path, *, overwrite: bool) -> None:
+    """Refuse an output folder that ``vistrieve index`` must not replace: the source itself
+    or a folder holding it, a folder that is not a vistrieve index, or an index when
+    ``--overwrite`` was not given. An empty folder, or one holding only an interrupted build
+    (which is resumed), is fine.
+
+    Raises:
+        OverwriteRefusedError: the message says why and what to do.
+    """
+    from vistrieve.errors import OverwriteRefusedError
+    from vistrieve.retrievers.base import PARTIAL_DIR, RETRIEVER_FILE
+    from vistrieve.utils.io import check_replaceable
+
+    out_abs, src_abs = out.resolve(), source.resolve()
+    if _inside(src_abs, out_abs):
+        what = "is the source" if src_abs == out_abs else f"contains the source {source}"
+        raise OverwriteRefusedError(
+            f"output folder {out} {what}: writing the index there would delete the source; "
+            "choose another output folder"
+        )
+    if (out / RETRIEVER_FILE).is_file() and not overwrite:
+        raise OverwriteRefusedError(
+            f"{out} already holds a vistrieve index; pass --overwrite to replace it, or choose "
+            "another output folder"
+        )
+    check_replaceable(out, RETRIEVER_FILE, allow=(PARTIAL_DIR,))
+
+
 def cmd_index(args: argparse.Namespace) -> int:
-    from vistrieve.data.manifest import corpus_from_folder, corpus_from_manifest
+    from vistrieve.data.manifest import corpus_from_manifest, scan_folder
     from vistrieve.encoders import create_encoder
+    from vistrieve.errors import OverwriteRefusedError
     from vistrieve.retrievers.dense import DenseRetriever
 
     source = Path(args.source)
+    out = Path(args.out)
+    if not source.exists():
+        raise SystemExit(f"source not found: {source} (give an image folder or a manifest file)")
+    check_index_output(out, source, overwrite=args.overwrite)
     skipped_rows: list[Any] = []
+    skipped_files: list[Any] = []
     if source.is_dir():
-        corpus = corpus_from_folder(source)
-    elif source.is_file():
+        scanned = scan_folder(source)
+        corpus, skipped_files = scanned.corpus, list(scanned.skipped)
+    else:
         result = corpus_from_manifest(
-            source, image_root=args.image_root, on_missing="skip" if args.skip_missing else "error"
+            source,
+            image_root=args.image_root,
+            on_missing="skip" if args.skip_missing else "error",
+            encoding=args.encoding,
         )
         corpus, skipped_rows = result.corpus, list(result.skipped)
-    else:
-        raise SystemExit(f"source not found: {source} (give an image folder or a manifest file)")
+    out_abs = out.resolve()
+    inside = next(
+        (it.uri for it in corpus.values() if it.uri and _inside(Path(it.uri).resolve(), out_abs)),
+        None,
+    )
+    if inside is not None:
+        raise OverwriteRefusedError(
+            f"image {inside} lies inside the output folder {out}, which the index replaces; "
+            "choose another output folder"
+        )
+    if args.max_image_pixels is not None and args.max_image_pixels <= 0:
+        raise SystemExit(f"--max-image-pixels must be positive, got {args.max_image_pixels}")
     encoder = create_encoder(encoder_from_args(args))
     retriever = DenseRetriever.build(
         encoder,
@@ -72,6 +125,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         directory=args.out,
         resume=not args.no_resume,
         chunk_size=args.chunk_size,
+        max_image_pixels=args.max_image_pixels,
     )
     report = retriever.build_report
     assert report is not None
@@ -80,6 +134,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         f"into {args.out} in {report.seconds:.1f}s"
         + (f" ({report.resumed_chunks} chunks resumed)" if report.resumed_chunks else "")
     )
+    for f in skipped_files:
+        _out(f"  skipped file {f.path!r}: {f.reason}")
     for row in skipped_rows:
         _out(f"  skipped manifest line {row.line}: missing image {row.resolved}")
     for s in report.skipped:
@@ -143,6 +199,8 @@ def _add_encoder_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vistrieve`` command."""
+    from vistrieve.utils.images import DEFAULT_MAX_IMAGE_PIXELS
+
     parser = argparse.ArgumentParser(
         prog="vistrieve", description="Image-text retrieval with a fast first stage."
     )
@@ -157,6 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-missing", action="store_true", help="skip rows whose image is missing")
     p.add_argument("--no-resume", action="store_true", help="ignore a partial earlier build")
     p.add_argument("--chunk-size", type=int, default=2048, help="images per resumable chunk")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT when it already holds a vistrieve index (never anything else)",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="skip (and report) images whose header declares more than N pixels, "
+        f"decompression bombs among them (default {DEFAULT_MAX_IMAGE_PIXELS})",
+    )
+    p.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="text encoding of a manifest (default utf-8; e.g. latin-1, cp1252)",
+    )
     _add_encoder_options(p)
     p.set_defaults(func=cmd_index)
 
@@ -226,9 +302,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from vistrieve.errors import VistrieveError
+
     try:
         return int(args.func(args))
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        KeyError,
+        TypeError,
+        VistrieveError,
+    ) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         sys.stderr.write(f"vistrieve {args.command}: error: {msg}\n")
         if args.verbose:

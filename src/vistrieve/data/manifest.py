@@ -17,6 +17,7 @@ and open_clip's ``CsvDataset`` (one image-text pair per row). Images are not ope
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vistrieve.errors import VistrieveError
 from vistrieve.types import Corpus, Item
 from vistrieve.utils.io import atomic_write_bytes
 
@@ -40,8 +42,9 @@ _RESERVED_KEYS = frozenset({"id", "caption", "captions", "labels", "metadata"})
 _CSV_FIELDS = frozenset({"id", "caption", "captions", "labels"})
 
 
-class ManifestError(ValueError):
-    """A manifest file is malformed; the message names the file and the line.
+class ManifestError(VistrieveError, ValueError):
+    """A manifest file is malformed or not in the expected encoding; the message names the
+    file and the line.
 
     Attributes:
         path: The manifest file.
@@ -81,6 +84,28 @@ class SkippedRow:
 
 
 @dataclass(frozen=True)
+class SkippedFile:
+    """A file that :func:`scan_folder` left out, and why.
+
+    Args:
+        path: The path as the file system gave it (a name that is not valid UTF-8 keeps
+            its undecodable bytes as surrogate escapes; ``repr`` shows them).
+        reason: Why it was left out.
+    """
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FolderResult:
+    """What :func:`scan_folder` returns: the corpus and the files it left out."""
+
+    corpus: Corpus
+    skipped: tuple[SkippedFile, ...] = ()
+
+
+@dataclass(frozen=True)
 class ManifestResult:
     """What :func:`corpus_from_manifest` returns.
 
@@ -113,17 +138,44 @@ class _Record:
 # ---------------------------------------------------------------------------------------
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def corpus_from_folder(
     directory: str | os.PathLike[str],
     *,
     recursive: bool = True,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
 ) -> Corpus:
-    """A corpus of every image file in a folder, without captions.
+    """A corpus of every image file in a folder, without captions (see :func:`scan_folder`,
+    which also reports the files it left out; here they are logged).
+
+    Example:
+        >>> corpus = corpus_from_folder("photos/")  # doctest: +SKIP
+        >>> corpus.ids[:2]  # doctest: +SKIP
+        ['beach/001.jpg', 'beach/002.png']
+    """
+    return scan_folder(directory, recursive=recursive, extensions=extensions).corpus
+
+
+def scan_folder(
+    directory: str | os.PathLike[str],
+    *,
+    recursive: bool = True,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+) -> FolderResult:
+    """A corpus of every image file in a folder, without captions, and the files left out.
 
     Item ids are the paths relative to ``directory`` with ``/`` separators
     (``"cats/001.jpg"``); :attr:`Item.image` is the absolute path. Hidden files and folders
-    (names starting with ``.``) are ignored. Items are sorted by id.
+    (names starting with ``.``) are ignored. Items are sorted by id. An image whose path is
+    not valid UTF-8 (a name written under another locale) cannot be an id, a JSON line or a
+    URL: it is left out, logged and listed in :attr:`FolderResult.skipped`.
 
     Args:
         directory: The folder to scan.
@@ -132,17 +184,12 @@ def corpus_from_folder(
             matches ``photo.JPG``).
 
     Returns:
-        The corpus, one item per image file.
+        The corpus (one item per image file) and the image files left out.
 
     Raises:
         FileNotFoundError: ``directory`` does not exist.
         NotADirectoryError: ``directory`` is a file.
         ValueError: no image file was found.
-
-    Example:
-        >>> corpus = corpus_from_folder("photos/")  # doctest: +SKIP
-        >>> corpus.ids[:2]  # doctest: +SKIP
-        ['beach/001.jpg', 'beach/002.png']
     """
     root = Path(directory)
     if not root.exists():
@@ -155,19 +202,39 @@ def corpus_from_folder(
     if not exts:
         raise ValueError("extensions is empty: give at least one, e.g. ('.jpg', '.png')")
     root_abs = root.resolve()
+    if not _utf8(str(root_abs)):
+        raise ValueError(
+            f"the folder path {str(root_abs)!r} is not valid UTF-8; rename it (or move the "
+            "images to a folder with a UTF-8 name)"
+        )
     pattern = root_abs.rglob("*") if recursive else root_abs.glob("*")
     ids: list[tuple[str, Path]] = []
+    skipped: list[SkippedFile] = []
     for p in pattern:
         rel = p.relative_to(root_abs)
         if any(part.startswith(".") for part in rel.parts):
             continue
         if p.suffix.lower() in exts and p.is_file():
+            if not _utf8(str(rel)):
+                skipped.append(
+                    SkippedFile(
+                        str(p),
+                        "the file name is not valid UTF-8 (written under another locale?); "
+                        "rename it to index it",
+                    )
+                )
+                continue
             ids.append((rel.as_posix(), p))
+    for f in skipped:
+        logger.warning("skipping %r: %s", f.path, f.reason)
     if not ids:
         hint = "" if recursive else " (sub-folders were not scanned: pass recursive=True)"
         raise ValueError(f"no image files with extensions {sorted(exts)} found in {root}{hint}")
     ids.sort(key=lambda t: t[0])
-    return Corpus([Item(id=i, image=str(p)) for i, p in ids])
+    return FolderResult(
+        Corpus([Item(id=i, image=str(p)) for i, p in ids]),
+        tuple(sorted(skipped, key=lambda f: f.path)),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,6 +247,7 @@ def corpus_from_manifest(
     *,
     image_root: str | os.PathLike[str] | None = None,
     on_missing: Literal["error", "skip"] = "error",
+    encoding: str = "utf-8",
 ) -> ManifestResult:
     """Read a CSV/TSV/JSONL/JSON manifest into a corpus.
 
@@ -209,15 +277,17 @@ def corpus_from_manifest(
         on_missing: What to do with a record whose image file does not exist: ``"error"``
             raises, ``"skip"`` leaves it out, logs a warning and lists it in
             :attr:`ManifestResult.skipped`.
+        encoding: The file's text encoding (``"utf-8"``; a byte-order mark is skipped), e.g.
+            ``"latin-1"`` or ``"cp1252"`` for files exported by older spreadsheet programs.
 
     Returns:
         The corpus and the skipped records.
 
     Raises:
         FileNotFoundError: the manifest does not exist.
-        ManifestError: the file is empty or malformed, a record has no image, two records
-            give one id to different images, or an image is missing with
-            ``on_missing="error"``. The message names the file and the line.
+        ManifestError: the file is empty or malformed, is not in ``encoding``, a record has
+            no image, two records give one id to different images, or an image is missing
+            with ``on_missing="error"``. The message names the file and the line.
 
     Example:
         A CSV manifest ``shapes.csv``::
@@ -239,11 +309,11 @@ def corpus_from_manifest(
     suffix = src.suffix.lower()
     if suffix in (".csv", ".tsv", ".txt"):
         delimiter = "\t" if suffix == ".tsv" else ","
-        records = list(_read_csv(src, delimiter))
+        records = list(_read_csv(src, delimiter, _read_text(src, encoding)))
     elif suffix == ".jsonl":
-        records = list(_read_jsonl(src))
+        records = list(_read_jsonl(src, _read_text(src, encoding)))
     elif suffix == ".json":
-        records = list(_read_json_list(src))
+        records = list(_read_json_list(src, _read_text(src, encoding)))
     else:
         raise ManifestError(
             src,
@@ -367,8 +437,35 @@ def _split_list(text: str, seps: Sequence[str]) -> list[str]:
     return [text.strip()] if text.strip() else []
 
 
-def _read_csv(src: Path, delimiter: str) -> Iterator[_Record]:
-    with open(src, encoding="utf-8-sig", newline="") as fh:
+def _read_text(src: Path, encoding: str) -> str:
+    """The whole manifest as text; a decoding error names the file, the line and the fix."""
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(
+            f"unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)"
+        ) from None
+    raw = src.read_bytes()
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"  # skip a byte-order mark
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        bad = raw[exc.start : exc.start + 4]
+        raise ManifestError(
+            src,
+            line,
+            f"the file is not valid {encoding.removesuffix('-sig')} (byte(s) {bad!r} at offset "
+            f"{exc.start}); it was probably written in another encoding: give it with "
+            "--encoding (CLI) or encoding= (e.g. latin-1, cp1252), or convert the file to UTF-8",
+        ) from None
+
+
+def _read_csv(src: Path, delimiter: str, text: str) -> Iterator[_Record]:
+    with io.StringIO(text, newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = next(reader)
@@ -465,8 +562,8 @@ def _caption_list(src: Path, line: int, value: Any) -> list[str]:
     raise ManifestError(src, line, f"captions must be a string or a list of strings, got {value!r}")
 
 
-def _read_jsonl(src: Path) -> Iterator[_Record]:
-    with open(src, encoding="utf-8-sig") as fh:
+def _read_jsonl(src: Path, text: str) -> Iterator[_Record]:
+    with io.StringIO(text, newline=None) as fh:
         for line_no, text in enumerate(fh, start=1):
             if not text.strip():
                 continue
@@ -477,9 +574,9 @@ def _read_jsonl(src: Path) -> Iterator[_Record]:
             yield _record_from_obj(src, line_no, obj)
 
 
-def _read_json_list(src: Path) -> Iterator[_Record]:
+def _read_json_list(src: Path, text: str) -> Iterator[_Record]:
     try:
-        data = json.loads(src.read_text(encoding="utf-8-sig"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(src, exc.lineno, f"invalid JSON: {exc.msg}") from exc
     if not isinstance(data, list):
@@ -609,10 +706,13 @@ def write_manifest(corpus: Mapping[str, Item], path: str | os.PathLike[str]) -> 
 __all__ = [
     "IMAGE_COLUMNS",
     "IMAGE_EXTENSIONS",
+    "FolderResult",
     "ManifestError",
     "ManifestResult",
+    "SkippedFile",
     "SkippedRow",
     "corpus_from_folder",
     "corpus_from_manifest",
+    "scan_folder",
     "write_manifest",
 ]

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import numpy as np
 
+from vistrieve.errors import IntegrityError
 from vistrieve.types import Hit
 from vistrieve.utils.io import (
     FORMAT_VERSION,
@@ -48,6 +49,7 @@ from vistrieve.utils.io import (
     file_record,
     load_npy,
     read_json,
+    recover_directory,
 )
 
 logger = logging.getLogger(__name__)
@@ -251,25 +253,24 @@ class BaseIndex:
             k: Results per query (> 0).
 
         Returns:
-            ``(scores, positions)``: float32 and int64 arrays of shape (n_queries, k), best
-            first; positions index :attr:`ids`. Rows are padded with ``-inf`` / ``-1`` when
-            fewer than ``k`` results exist. Scores are higher-is-better: the inner product
-            for ``metric="ip"``, the negative squared L2 distance for ``metric="l2"``.
+            ``(scores, positions)``: float32 and int64 arrays of shape
+            (n_queries, min(k, len(self))), best first; positions index :attr:`ids`. ``k``
+            is clamped to the index size before anything is allocated, so a huge ``k`` costs
+            nothing extra. Positions are ``-1`` (score ``-inf``) where an index returns fewer
+            results than that (approximate kinds). Scores are higher-is-better: the inner
+            product for ``metric="ip"``, the negative squared L2 distance for
+            ``metric="l2"``.
 
         Raises:
             ValueError: ``k <= 0`` or queries of the wrong shape or with NaN/inf values.
         """
-        k = self._check_k(k)
+        k = min(self._check_k(k), len(self))  # clamped before any allocation
         q = self._check_vectors(queries, "queries")
         n = q.shape[0]
-        scores = np.full((n, k), -np.inf, dtype=np.float32)
-        pos = np.full((n, k), -1, dtype=np.int64)
-        kk = min(k, len(self))
-        if kk and n:
-            s, p = self._search(q, kk)
-            scores[:, :kk] = s
-            pos[:, :kk] = p
-        return scores, pos
+        if not k or not n:
+            return np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
+        s, p = self._search(q, k)
+        return np.asarray(s, dtype=np.float32), np.asarray(p, dtype=np.int64)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` hits per query, best first.
@@ -310,9 +311,13 @@ class BaseIndex:
         """Save into the directory ``path``, replacing an index saved there before.
 
         The directory is assembled in a temporary sibling and swapped in only when every
-        file is written, so a failure leaves the previous index intact.
+        file is written, so a failure (or a crash) leaves the previous index intact.
+
+        Raises:
+            OverwriteRefusedError: ``path`` exists and is neither empty nor an index (a
+                folder of other files is never replaced).
         """
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, marker=MANIFEST_NAME) as tmp:
             atomic_write_json(tmp / "ids.json", self._ids)
             atomic_save_npy(tmp / "labels.npy", self._labels)
             files = [tmp / "ids.json", tmp / "labels.npy", *self._save_payload(tmp)]
@@ -380,12 +385,35 @@ class BaseIndex:
         index._labels = labels.astype(np.int64)
         index._next_label = int(manifest.get("next_label", int(labels.max(initial=-1)) + 1))
         index._load_payload(root, manifest)
+        index._check_loaded(root)
         logger.info("loaded %r from %s", index, root)
         return index
 
     @classmethod
     def _from_manifest(cls, manifest: dict[str, Any]) -> BaseIndex:
         raise NotImplementedError
+
+    def _check_loaded(self, root: Path) -> None:
+        """Checks of the loaded payload (float kinds: every stored vector is finite)."""
+        vectors = self._stored_vectors()
+        if vectors is None:
+            return
+        step = max(1, (64 * 2**20) // max(1, 4 * self.dim))
+        for start in range(0, len(vectors), step):
+            block = np.asarray(vectors[start : start + step], dtype=np.float32)
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                row = start + int(np.flatnonzero(~finite)[0])
+                raise IntegrityError(
+                    f"{root}: the vector of item {self._ids[row]!r} (row {row}) holds NaN or "
+                    "infinite values, which would rank it first or last for every query; "
+                    "rebuild the index or restore it from a backup",
+                    root,
+                )
+
+    def _stored_vectors(self) -> Any:
+        """The stored float vectors (rows in position order) for load checks, or None."""
+        return None
 
     # -- subclass hooks --------------------------------------------------------------------
     def _add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
@@ -413,6 +441,7 @@ def read_index_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             written in another format version.
     """
     root = Path(path)
+    recover_directory(root)
     if not root.exists():
         raise FileNotFoundError(f"index directory not found: {root}")
     if not root.is_dir():

@@ -398,8 +398,8 @@ class BinaryHashIndex(BaseIndex):
         rescore_queries: np.ndarray | None,
         rescore_multiplier: int | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(scores float32, positions int64, hamming int32), each (nq, k)."""
-        k = self._check_k(k)
+        """(scores float32, positions int64, hamming int32), each (nq, min(k, len(self)))."""
+        k = min(self._check_k(k), len(self))  # clamped before any allocation
         q = self._check_vectors(queries, "queries")
         nq = q.shape[0]
         rq = self._check_rescore(rescore_queries, nq, "rescore_queries")
@@ -464,8 +464,9 @@ class BinaryHashIndex(BaseIndex):
                 :attr:`rescore_multiplier`).
 
         Returns:
-            ``(scores, positions)`` float32 / int64 ``(nq, k)``; scores are ``-hamming`` or
-            the re-scored inner products; padding is ``-inf`` / ``-1``.
+            ``(scores, positions)`` float32 / int64 ``(nq, min(k, len(self)))`` (``k`` is
+            clamped to the index size before anything is allocated); scores are
+            ``-hamming`` or the re-scored inner products; padding is ``-inf`` / ``-1``.
         """
         s, p, _ = self._search_full(queries, k, rescore_queries, rescore_multiplier)
         return s, p
@@ -521,6 +522,9 @@ class BinaryHashIndex(BaseIndex):
             rescore_multiplier=manifest.get("rescore_multiplier", 4),
             rescore_dtype=manifest.get("rescore_dtype", "float32"),
         )
+
+    def _stored_vectors(self) -> Any:
+        return self._rescore
 
     def _save_payload(self, directory: Path) -> list[Path]:
         import faiss

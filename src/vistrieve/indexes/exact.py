@@ -266,6 +266,9 @@ class ExactIndex(BaseIndex):
                 out_p[qs : qs + len(bs)] = bp.numpy()
         return out_s, out_p
 
+    def _stored_vectors(self) -> Any:
+        return self.vectors.numpy()
+
     def _save_payload(self, directory: Path) -> list[Path]:
         f = directory / "vectors.npy"
         atomic_save_npy(f, self.vectors.numpy())

@@ -332,6 +332,25 @@ class FaissIndex(BaseIndex):
         order = np.lexsort((tie_pos, -scores), axis=1)
         return np.take_along_axis(scores, order, 1), np.take_along_axis(pos, order, 1)
 
+    def _stored_vectors(self) -> Any:
+        """Reconstructed vectors for the load check, where the index can reconstruct them."""
+        if not len(self):
+            return None
+        try:
+            self._index.reconstruct_batch(self._labels[:1])
+        except RuntimeError:
+            return None  # no direct map (IVF): the file checksum guards it instead
+        index, labels = self._index, self._labels
+
+        class _Rows:
+            def __len__(self) -> int:
+                return len(labels)
+
+            def __getitem__(self, sl: slice) -> np.ndarray:
+                return np.asarray(index.reconstruct_batch(labels[sl]), dtype=np.float32)
+
+        return _Rows()
+
     def _save_payload(self, directory: Path) -> list[Path]:
         import faiss
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vistrieve.errors import LLMError, quote
 from vistrieve.llm.base import Message, check_messages
 
 logger = logging.getLogger(__name__)
@@ -206,13 +207,13 @@ def fetch_smollm2(directory: str | os.PathLike[str]) -> Path:
     return target
 
 
-class EndpointError(RuntimeError):
+class EndpointError(LLMError):
     """An OpenAI-compatible endpoint failed for good (after retries), or answered with
     something that is not a chat completion; the message quotes what came back."""
 
 
 def _quote(text: str, limit: int = 200) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
+    return quote(text, limit)
 
 
 class OpenAIChatLLM:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vistrieve.errors import LLMError, VistrieveError, quote
 from vistrieve.llm.base import ChatLLM, Message, check_messages
 from vistrieve.utils.io import atomic_write_json, read_json
 
@@ -89,9 +90,15 @@ class CachedLLM:
         self.cached = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.failures = 0
 
     def complete(self, messages: Sequence[Message]) -> str:
-        """The model's answer, from the cache when it holds one."""
+        """The model's answer, from the cache when it holds one.
+
+        Raises:
+            LLMError: the backend raised (the original error is chained and named) or
+                answered with something that is not text (``None``, say).
+        """
         msgs = check_messages(messages)
         key = cache_key(self.name, msgs, self.decoding)
         if self.cache is not None:
@@ -99,7 +106,22 @@ class CachedLLM:
             if hit is not None:
                 self.cached += 1
                 return str(hit["answer"])
-        answer = self.llm.complete(msgs)
+        try:
+            answer = self.llm.complete(msgs)
+        except VistrieveError:
+            self.failures += 1
+            raise
+        except Exception as exc:
+            self.failures += 1
+            raise LLMError(
+                f"LLM {self.name!r} failed: {type(exc).__name__}: {quote(str(exc))}"
+            ) from exc
+        if not isinstance(answer, str):
+            self.failures += 1
+            raise LLMError(
+                f"LLM {self.name!r} answered with {type(answer).__name__}, not text: "
+                f"{quote(answer)}"
+            )
         self.calls += 1
         self.prompt_tokens += sum(len(m["content"].split()) for m in msgs)
         self.completion_tokens += len(answer.split())
@@ -117,4 +139,5 @@ class CachedLLM:
             "llm_cache_hits": float(self.cached),
             "llm_prompt_tokens": float(self.prompt_tokens),
             "llm_completion_tokens": float(self.completion_tokens),
+            "llm_failures": float(self.failures),
         }

@@ -109,15 +109,39 @@ PROMPTS: Mapping[str, PromptTemplate] = {
 }
 
 
+MAX_QUESTION_CHARS = 300
+"""Longest question from a model that is shown to a user (longer ones are cut)."""
+
+MAX_QUERY_CHARS = 1000
+"""Longest rewritten query or description from a model that is searched with."""
+
+MAX_ANSWER_CHARS = 20_000
+"""Characters of a model answer that :func:`parse_field` reads (the rest is ignored)."""
+
+
+def cap_output(text: str, limit: int, *, what: str = "model output") -> tuple[str, bool]:
+    """``text`` cut to at most ``limit`` characters (at a word boundary when one is near
+    the end), and whether it was cut; a cut is logged with the original length."""
+    if len(text) <= limit:
+        return text, False
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    if space >= limit * 0.8:
+        cut = cut[:space]
+    logger.warning("%s of %d characters cut to %d", what, len(text), len(cut.rstrip()))
+    return cut.rstrip(), True
+
+
 def parse_field(answer: str, field: str) -> str | None:
     """The text after ``field:`` in an LLM answer, or None when it cannot be found.
 
     Accepts the field anywhere (case-insensitive, optional markdown bold), takes the rest of
     that line (or the next non-empty line when the field ends its line), strips quotes. An
     answer without the field but with exactly one non-empty line is taken as the value
-    (small models often drop the prefix).
+    (small models often drop the prefix). Only the first :data:`MAX_ANSWER_CHARS`
+    characters are read.
     """
-    text = answer.strip()
+    text = answer[:MAX_ANSWER_CHARS].strip()
     if not text:
         return None
     pat = re.compile(rf"\**{re.escape(field)}\**\s*:\s*\**\s*(.*)", re.IGNORECASE)

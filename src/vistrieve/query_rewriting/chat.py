@@ -22,12 +22,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vistrieve.errors import ModelOutputError
 from vistrieve.llm import CachedLLM, ChatLLM
 from vistrieve.llm.prompts import (
     DIALOG_SUMMARY,
     FEEDBACK_REWRITE,
+    MAX_QUERY_CHARS,
+    MAX_QUESTION_CHARS,
     QUESTIONER,
     PromptTemplate,
+    cap_output,
     parse_field,
     sanitize,
 )
@@ -70,7 +74,9 @@ class LLMQuestioner:
 
     An answer without a usable ``Question:`` line, or one that repeats an asked question,
     is logged and replaced by the first unasked question of ``fallback`` (counted in
-    ``cost()["question_fallbacks"]``).
+    ``cost()["question_fallbacks"]``). A question longer than :data:`MAX_QUESTION_CHARS`
+    is cut to that length (logged, counted in ``cost()["truncated_outputs"]``). An LLM that
+    raises or answers with no text raises :class:`~vistrieve.errors.LLMError`.
     """
 
     def __init__(
@@ -84,15 +90,23 @@ class LLMQuestioner:
         self.prompt = prompt
         self.fallback = tuple(fallback)
         self.fallbacks = 0
+        self.truncated = 0
 
     def __call__(self, caption: str, turns: Sequence[DialogTurn]) -> str:
-        """The next question given the caption and the rounds so far."""
+        """The next question given the caption and the rounds so far.
+
+        Raises:
+            LLMError: the LLM raised or answered with no text.
+        """
         answer = self.llm.complete(
             self.prompt.messages(caption=caption, dialog=format_dialog(turns))
         )
         question = parse_field(answer, "Question")
-        if question and "question" not in answer.lower() and not question.endswith("?"):
+        if question and "question" not in answer[:2000].lower() and not question.endswith("?"):
             question = None  # a bare line that is not a question: small models ramble
+        if question:
+            question, cut = cap_output(question, MAX_QUESTION_CHARS, what="question")
+            self.truncated += cut
         asked = {t.question.strip().lower() for t in turns}
         if question and question.strip().lower() not in asked:
             return question
@@ -105,7 +119,11 @@ class LLMQuestioner:
 
     def cost(self) -> dict[str, float]:
         """LLM cost and the number of fallback questions."""
-        return {**self.llm.cost(), "question_fallbacks": float(self.fallbacks)}
+        return {
+            **self.llm.cost(),
+            "question_fallbacks": float(self.fallbacks),
+            "truncated_outputs": float(self.truncated),
+        }
 
 
 class VQAAnswerer:
@@ -136,16 +154,23 @@ class DialogSummaryRewriter:
     A caption-trained first stage reads captions, not question/answer transcripts (and its
     text context may truncate a long dialog). Dialog queries with at least one round are
     summarised; other queries pass through. An unusable answer is logged and counted
-    (``cost()["parse_failures"]``) and the dialog query is kept as it is.
+    (``cost()["parse_failures"]``) and the dialog query is kept as it is; a description
+    longer than :data:`MAX_QUERY_CHARS` is cut (logged, ``cost()["truncated_outputs"]``).
+    An LLM that raises or answers with no text raises :class:`~vistrieve.errors.LLMError`.
     """
 
     def __init__(self, llm: ChatLLM, *, prompt: PromptTemplate = DIALOG_SUMMARY) -> None:
         self.llm = llm if isinstance(llm, CachedLLM) else CachedLLM(llm)
         self.prompt = prompt
         self.parse_failures = 0
+        self.truncated = 0
 
     def rewrite(self, queries: Sequence[Query]) -> list[list[Query]]:
-        """One query per input (:class:`~vistrieve.types.QueryRewriter`)."""
+        """One query per input (:class:`~vistrieve.types.QueryRewriter`).
+
+        Raises:
+            LLMError: the LLM raised or answered with no text.
+        """
         out = []
         for q in queries:
             if q.kind != "dialog" or not q.dialog:
@@ -160,13 +185,19 @@ class DialogSummaryRewriter:
                 logger.warning("dialog summary unusable (%r); keeping the dialog", answer[:80])
                 out.append([q])
                 continue
+            text, cut = cap_output(text, MAX_QUERY_CHARS, what="dialog summary")
+            self.truncated += cut
             meta = {**q.metadata, "rewriter": self.llm.name, "dialog_rounds": len(q.dialog)}
             out.append([Query(text=text, id=q.id, metadata=meta)])
         return out
 
     def cost(self) -> dict[str, float]:
-        """LLM cost and unusable answers."""
-        return {**self.llm.cost(), "parse_failures": float(self.parse_failures)}
+        """LLM cost, unusable answers and answers cut to length."""
+        return {
+            **self.llm.cost(),
+            "parse_failures": float(self.parse_failures),
+            "truncated_outputs": float(self.truncated),
+        }
 
     def report_notes(self) -> list[str]:
         """Which LLM summarised the dialogs."""
@@ -237,9 +268,15 @@ class FeedbackLoop:
         self.llm = llm if isinstance(llm, CachedLLM) else CachedLLM(llm)
         self.rounds, self.show, self.k, self.prompt = rounds, show, k, prompt
         self.parse_failures = 0
+        self.truncated = 0
 
     def rewrite(self, query: str, captions: Sequence[str]) -> str:
-        """The LLM's rewritten query (the old one when the answer is unusable)."""
+        """The LLM's rewritten query (the old one when the answer is unusable), cut to
+        :data:`MAX_QUERY_CHARS`.
+
+        Raises:
+            LLMError: the LLM raised or answered with no text.
+        """
         listing = "\n".join(f"- {sanitize(c)}" for c in captions)
         answer = self.llm.complete(self.prompt.messages(query=query, captions=listing))
         new = parse_field(answer, "Query")
@@ -247,6 +284,8 @@ class FeedbackLoop:
             self.parse_failures += 1
             logger.warning("rewrite answer unusable (%r); keeping the query", answer[:80])
             return query
+        new, cut = cap_output(new, MAX_QUERY_CHARS, what="rewritten query")
+        self.truncated += cut
         return new
 
     def run(
@@ -273,8 +312,12 @@ class FeedbackLoop:
         return log
 
     def cost(self) -> dict[str, float]:
-        """LLM cost and unusable rewrite answers."""
-        return {**self.llm.cost(), "parse_failures": float(self.parse_failures)}
+        """LLM cost, unusable rewrite answers and rewrites cut to length."""
+        return {
+            **self.llm.cost(),
+            "parse_failures": float(self.parse_failures),
+            "truncated_outputs": float(self.truncated),
+        }
 
 
 # ----------------------------------------------------------------------------- session
@@ -409,7 +452,14 @@ class ChatSession:
         hits = [h for h in hits if h.id not in hidden][: self.k]
         s.shown = [h.id for h in hits]
         if self.questioner is not None and len(s.turns) < MAX_DIALOG_ROUNDS:
-            s.pending_question = self.questioner(s.caption, _dialog(s))
+            question = self.questioner(s.caption, _dialog(s))
+            if question is not None and not isinstance(question, str):
+                raise ModelOutputError(
+                    "the questioner returned something that is not text", question
+                )
+            if question is not None:
+                question = cap_output(question, MAX_QUESTION_CHARS, what="question")[0]
+            s.pending_question = question
         s.log.append({"message": text, "query": query, "hits": s.shown,
                       "question": s.pending_question})  # fmt: skip
         del s.log[: -self.max_log]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from vistrieve.llm import CachedLLM, ChatLLM, ReplayCache, cache_key
-from vistrieve.llm.prompts import CIREVL, PromptTemplate, parse_field
+from vistrieve.llm.prompts import CIREVL, MAX_QUERY_CHARS, PromptTemplate, cap_output, parse_field
 from vistrieve.types import Query
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,9 @@ class CIReVLRewriter:
     ``"<caption>, <modification>"`` (the caption-plus-text baseline), never to nothing. A
     reference image that cannot be read is logged and counted
     (``cost()["unreadable_references"]``); that query searches with its modification text.
+    An edited description longer than :data:`~vistrieve.llm.prompts.MAX_QUERY_CHARS` is cut
+    (logged, ``cost()["truncated_outputs"]``); an LLM that raises or answers with no text
+    raises :class:`~vistrieve.errors.LLMError`.
     """
 
     def __init__(
@@ -114,10 +117,15 @@ class CIReVLRewriter:
         self.prompt = prompt
         self.parse_failures = 0
         self.unreadable = 0
+        self.truncated = 0
         self.log: list[dict[str, str]] = []
 
     def recompose(self, captions: Sequence[str], modifications: Sequence[str]) -> list[str]:
-        """Edited descriptions for (caption, modification) pairs."""
+        """Edited descriptions for (caption, modification) pairs.
+
+        Raises:
+            LLMError: the LLM raised or answered with no text.
+        """
         out = []
         for cap, mod in zip(captions, modifications, strict=True):
             answer = self.llm.complete(self.prompt.messages(caption=cap, modification=mod))
@@ -130,6 +138,8 @@ class CIReVLRewriter:
                     answer[:120],
                 )
                 edited = f"{cap}, {mod}"
+            edited, cut = cap_output(edited, MAX_QUERY_CHARS, what="edited description")
+            self.truncated += cut
             self.log.append(
                 {"llm": self.llm.name, "caption": cap, "modification": mod, "rewrite": edited}
             )
@@ -182,6 +192,7 @@ class CIReVLRewriter:
             **self.captioner.cost(),
             "parse_failures": float(self.parse_failures),
             "unreadable_references": float(self.unreadable),
+            "truncated_outputs": float(self.truncated),
         }
 
     def report_notes(self) -> list[str]:

@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from vistrieve.errors import ModelOutputError
 from vistrieve.rerankers.base import BaseReranker, Scores
 from vistrieve.types import Hit, Item, Query
 
@@ -306,12 +307,21 @@ class ChatModelLetterScorer:
     ``top_logprobs`` are read from ``response_metadata["logprobs"]``. Letters outside the
     returned top-N get ``floor_logprob``. A model whose responses carry no log-probabilities
     raises :class:`LogitsUnavailableError`; nothing falls back to the generated text.
+    Malformed log-probability metadata raises :class:`~vistrieve.errors.ModelOutputError`
+    quoting it.
+
+    When no option letter is among the top-N tokens, every option would get the floor,
+    that is equal scores: with ``on_no_letter="error"`` (the default) that raises
+    :class:`~vistrieve.errors.ModelOutputError` naming the tokens the model preferred;
+    with ``"uniform"`` the prompt is scored uniformly, logged and counted
+    (``cost()["no_letter_prompts"]``).
 
     Args:
         chat_model: A ``BaseChatModel``.
         top_logprobs: How many alternatives to request (OpenAI allows up to 20).
         floor_logprob: Log-probability given to a letter absent from the top-N.
         system: Optional system message.
+        on_no_letter: ``"error"`` or ``"uniform"`` (see above).
     """
 
     def __init__(
@@ -321,12 +331,17 @@ class ChatModelLetterScorer:
         top_logprobs: int = 20,
         floor_logprob: float = -30.0,
         system: str | None = "You rank images for a search engine.",
+        on_no_letter: str = "error",
     ) -> None:
+        if on_no_letter not in ("error", "uniform"):
+            raise ValueError(f"on_no_letter must be 'error' or 'uniform', got {on_no_letter!r}")
         self.chat_model = chat_model
         self.top_logprobs = top_logprobs
         self.floor_logprob = floor_logprob
         self.system = system
+        self.on_no_letter = on_no_letter
         self.prompts_evaluated = 0
+        self.no_letter_prompts = 0
 
     def _bound(self) -> Any:
         try:
@@ -349,9 +364,14 @@ class ChatModelLetterScorer:
             reply = model.invoke(messages)
             self.prompts_evaluated += 1
             meta = getattr(reply, "response_metadata", None) or {}
-            content = (
-                (meta.get("logprobs") or {}).get("content") if isinstance(meta, dict) else None
-            )
+            logprobs = meta.get("logprobs") if isinstance(meta, dict) else None
+            if logprobs is not None and not isinstance(logprobs, dict):
+                raise ModelOutputError(
+                    f"{type(self.chat_model).__name__} returned malformed log-probabilities "
+                    "(response_metadata['logprobs'] is not an object)",
+                    logprobs,
+                )
+            content = (logprobs or {}).get("content")
             if not content:
                 raise LogitsUnavailableError(
                     f"{type(self.chat_model).__name__} returned no token log-probabilities "
@@ -360,20 +380,62 @@ class ChatModelLetterScorer:
                     "answer text: use a model or server that supports logprobs, or "
                     "HFLetterScorer with local weights"
                 )
-            first = content[0]
-            alternatives = list(first.get("top_logprobs") or []) + [first]
+            alternatives = _alternatives(content, type(self.chat_model).__name__)
             best: dict[str, float] = {}
-            for alt in alternatives:
-                token = str(alt.get("token", "")).strip()
+            for token, logprob in alternatives:
                 if token in p.letters:
-                    best[token] = max(best.get(token, -np.inf), float(alt["logprob"]))
+                    best[token] = max(best.get(token, -np.inf), logprob)
+            if not best:
+                tokens = [t for t, _ in alternatives]
+                if self.on_no_letter == "error":
+                    raise ModelOutputError(
+                        f"{type(self.chat_model).__name__} put no option letter "
+                        f"({p.letters[0]}..{p.letters[-1]}) among its top "
+                        f"{len(tokens)} first tokens, so every option would score the same; "
+                        "use a model that follows the answer format, or "
+                        "on_no_letter='uniform' to score such prompts uniformly; top tokens",
+                        tokens,
+                    )
+                self.no_letter_prompts += 1
+                logger.warning(
+                    "no option letter among the top tokens %r; scoring this prompt uniformly",
+                    tokens[:10],
+                )
             for li, letter in enumerate(p.letters):
                 raw[i, li] = best.get(letter, self.floor_logprob)
         return _normalise_rows(raw, [len(p.options) for p in prompts])
 
     def cost(self) -> dict[str, float]:
-        """LLM calls made so far."""
-        return {"llm_calls": float(self.prompts_evaluated)}
+        """LLM calls made so far and prompts scored uniformly for want of a letter."""
+        return {
+            "llm_calls": float(self.prompts_evaluated),
+            "no_letter_prompts": float(self.no_letter_prompts),
+        }
+
+
+def _alternatives(content: Any, model: str) -> list[tuple[str, float]]:
+    """``(token, logprob)`` of the first generated token and its top alternatives, from
+    OpenAI-style ``logprobs["content"]``.
+
+    Raises:
+        ModelOutputError: the metadata does not have that shape (quoted).
+    """
+    try:
+        first = content[0]
+        entries = [*list(first.get("top_logprobs") or []), first]
+        out = []
+        for alt in entries:
+            logprob = float(alt["logprob"])
+            if not math.isfinite(logprob) and logprob != -math.inf:
+                raise ValueError(f"logprob {logprob}")
+            out.append((str(alt.get("token", "")).strip(), logprob))
+        return out
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ModelOutputError(
+            f"{model} returned malformed log-probabilities ({type(exc).__name__}: {exc}) in "
+            "response_metadata['logprobs']['content']",
+            content,
+        ) from None
 
 
 def caption_describer(item: Item) -> str:

@@ -17,6 +17,11 @@ Layout of a saved retriever directory::
     corpus.jsonl        one item per line: id, image path, captions, labels, metadata
     images/             images that were added in memory (e.g. uploaded), as PNG
     build_report.json   what the build did (optional)
+
+``retriever.json`` records the size and SHA-256 of ``corpus.jsonl`` (``"files"``), and a load
+checks that the indexes' ids follow the corpus (same items, same order), so a damaged,
+truncated or hand-edited directory is refused with the file named instead of answering
+with hits that lost their image path and caption.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
+from vistrieve.errors import IntegrityError
 from vistrieve.types import Corpus, Encoder, Hit, Item, Query
 from vistrieve.utils.io import (
     FORMAT_VERSION,
@@ -41,8 +47,12 @@ from vistrieve.utils.io import (
     atomic_save_npy,
     atomic_write_bytes,
     atomic_write_json,
+    check_files,
+    check_replaceable,
+    file_record,
     load_npy,
     read_json,
+    recover_directory,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,6 +90,7 @@ def read_retriever_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
         ValueError: it was written in another format version.
     """
     root = Path(directory)
+    recover_directory(root)
     meta_file = root / RETRIEVER_FILE
     if not meta_file.is_file():
         raise FileNotFoundError(
@@ -125,12 +136,37 @@ def encode_tolerant(encoder: Encoder, images: list[Any]) -> tuple[np.ndarray, li
 def _fingerprint(encoder_name: str, ids: Sequence[str], sources: Sequence[str]) -> str:
     h = hashlib.sha256(encoder_name.encode())
     for i, s in zip(ids, sources, strict=True):
-        h.update(b"\0" + i.encode() + b"\1" + s.encode())
+        h.update(b"\0" + i.encode("utf-8", "surrogateescape"))
+        h.update(b"\1" + s.encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
 def _source(item: Item) -> str:
     return item.uri or f"<memory:{item.id}>"
+
+
+def _content_stamp(item: Item) -> str:
+    """What identifies the bytes of an item's image: size and mtime of a file, a hash of the
+    pixels of an in-memory image. A changed stamp means the chunk must be encoded again."""
+    uri = item.uri
+    if uri is not None:
+        try:
+            st = os.stat(uri)
+        except OSError:
+            return f"{uri}\0missing"
+        return f"{uri}\0{st.st_size}\0{st.st_mtime_ns}"
+    image = item.image
+    tobytes = getattr(image, "tobytes", None)
+    if callable(tobytes):
+        size = getattr(image, "size", "")
+        mode = getattr(image, "mode", "")
+        digest = hashlib.sha256(tobytes()).hexdigest()
+        return f"<memory:{item.id}>\0{mode}\0{size}\0{digest}"
+    return f"<memory:{item.id}>"
+
+
+def _chunk_stamp(items: Sequence[Item]) -> str:
+    return _fingerprint("", [it.id for it in items], [_content_stamp(it) for it in items])
 
 
 def _jsonable(value: Any) -> bool:
@@ -243,6 +279,50 @@ def read_corpus(path: Path) -> Corpus:
     return Corpus(items)
 
 
+def _is_subsequence(part: Sequence[str], whole: Sequence[str]) -> str | None:
+    """None when ``part`` appears in ``whole`` in the same order, else the first id of
+    ``part`` that breaks it (absent from ``whole``, or out of order)."""
+    position = {v: n for n, v in enumerate(whole)}
+    last = -1
+    for v in part:
+        n = position.get(v)
+        if n is None or n <= last:
+            return v
+        last = n
+    return None
+
+
+def check_consistency(root: Path, corpus: Corpus, image_index: Any, text_index: Any) -> None:
+    """Check that the indexes hold the corpus's items in corpus order: every image-index id
+    is a corpus item (items whose image could not be read are absent), every caption-index
+    id names an existing caption, and both follow the order of ``corpus.jsonl``.
+
+    Raises:
+        IntegrityError: an id is missing from the corpus (``corpus.jsonl`` truncated or
+            replaced) or out of order (``ids.json`` edited); the files are named.
+    """
+    ids = list(corpus.keys())
+    bad = _is_subsequence(list(image_index.ids), ids)
+    if bad is not None:
+        where = "is not in" if bad not in corpus else "is out of order with"
+        raise IntegrityError(
+            f"{root}: image index id {bad!r} (image_index/ids.json) {where} the corpus "
+            f"({root / 'corpus.jsonl'}, {len(ids)} items): the two files do not belong "
+            "together (truncated, edited or mixed from two builds); rebuild the index or "
+            "restore it from a backup",
+            root,
+        )
+    if text_index is not None:
+        bad = _is_subsequence(list(text_index.ids), caption_ids(corpus))
+        if bad is not None:
+            raise IntegrityError(
+                f"{root}: caption index id {bad!r} (text_index/ids.json) names no caption of "
+                f"{root / 'corpus.jsonl'} in corpus order; rebuild the index or restore it "
+                "from a backup",
+                root,
+            )
+
+
 class IndexedRetriever:
     """Shared corpus, build, update, query and persistence logic of index-backed retrievers.
 
@@ -309,15 +389,29 @@ class IndexedRetriever:
         directory: str | os.PathLike[str] | None,
         resume: bool,
         chunk_size: int,
+        max_image_pixels: int | None = None,
     ) -> None:
-        """Encode the corpus images in resumable chunks and add them to the image index."""
+        """Encode the corpus images in resumable chunks and add them to the image index.
+
+        Each chunk's record holds a stamp of its images (file size and mtime, or a pixel
+        hash for in-memory images): a chunk whose images changed since an interrupted build
+        is encoded again on resume, never reused. Images over ``max_image_pixels`` (read
+        from their headers) are skipped and reported without being decoded.
+
+        Raises:
+            OverwriteRefusedError: ``directory`` exists and is not a retriever directory
+                (nor empty, nor an interrupted build).
+        """
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if max_image_pixels is not None and max_image_pixels <= 0:
+            raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
         encoder = self.encoder
         with_image = [it for it in corpus.values() if it.image is not None]
         ids = [it.id for it in with_image]
         partial: Path | None = None
         if directory is not None:
+            check_replaceable(directory, RETRIEVER_FILE, allow=(PARTIAL_DIR,))
             partial = Path(directory) / PARTIAL_DIR
             fp = _fingerprint(encoder.name, ids, [_source(it) for it in with_image])
             meta = {"fingerprint": fp, "chunk_size": chunk_size, "encoder": encoder.name}
@@ -342,29 +436,30 @@ class IndexedRetriever:
             chunk = with_image[c * chunk_size : (c + 1) * chunk_size]
             emb_file = partial / f"chunk-{c:06d}.npy" if partial else None
             info_file = partial / f"chunk-{c:06d}.json" if partial else None
+            stamp = _chunk_stamp(chunk) if partial else ""
             if emb_file and info_file and emb_file.is_file() and info_file.is_file():
                 try:
                     info = read_json(info_file)
+                    if info.get("stamp") != stamp:
+                        raise ValueError("its images changed since it was encoded")
                     emb = load_npy(emb_file)
                     if emb.shape != (len(info["ids"]), encoder.dim):
                         raise ValueError(f"chunk {c} has shape {emb.shape}")
-                except (ValueError, KeyError) as exc:
-                    logger.warning("re-encoding damaged chunk %s: %s", emb_file, exc)
+                    if not np.isfinite(emb).all():
+                        raise ValueError(f"chunk {c} holds NaN or infinite values")
+                except (ValueError, KeyError, AttributeError) as exc:
+                    logger.warning("re-encoding chunk %s: %s", emb_file, exc)
                 else:
                     emb_chunks.append(emb)
                     id_chunks.append(list(info["ids"]))
                     report.skipped.extend(info["skipped"])
                     report.resumed_chunks += 1
                     continue
-            emb, ok, failures = encode_tolerant(encoder, [it.image for it in chunk])
-            skipped = [
-                {"id": chunk[f.index].id, "source": f.source, "error": f.error} for f in failures
-            ]
-            chunk_ids = [chunk[i].id for i in ok]
+            emb, chunk_ids, skipped = self._encode_chunk(chunk, max_image_pixels)
             if emb_file and info_file:
                 atomic_save_npy(emb_file, emb)
                 # The info file is written last: its presence marks the chunk complete.
-                atomic_write_json(info_file, {"ids": chunk_ids, "skipped": skipped})
+                atomic_write_json(info_file, {"ids": chunk_ids, "skipped": skipped, "stamp": stamp})
             emb_chunks.append(emb)
             id_chunks.append(chunk_ids)
             report.skipped.extend(skipped)
@@ -380,6 +475,32 @@ class IndexedRetriever:
                 len(report.skipped),
                 len(with_image),
             )
+
+    def _encode_chunk(
+        self, chunk: Sequence[Item], max_image_pixels: int | None
+    ) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
+        """Embeddings, ids and skip records of one chunk; images over the pixel limit are
+        skipped from their headers, unreadable ones by the encoder."""
+        from vistrieve.utils.images import ImageLoadError, check_image_pixels, describe_image
+
+        skipped: list[dict[str, str]] = []
+        todo: list[Item] = []
+        for it in chunk:
+            try:
+                check_image_pixels(it.image, max_image_pixels)
+            except ImageLoadError as exc:
+                logger.warning("skipping image %s: %s", describe_image(it.image), exc)
+                skipped.append({"id": it.id, "source": describe_image(it.image), "error": str(exc)})
+                continue
+            todo.append(it)
+        emb, ok, failures = encode_tolerant(self.encoder, [it.image for it in todo])
+        skipped += [
+            {"id": todo[f.index].id, "source": f.source, "error": f.error} for f in failures
+        ]
+        # Report in corpus order whatever the reason.
+        order = {it.id: n for n, it in enumerate(chunk)}
+        skipped.sort(key=lambda r: order[r["id"]])
+        return emb, [todo[i].id for i in ok], skipped
 
     def _index_captions(self, corpus: Mapping[str, Item], report: BuildReport) -> None:
         texts, _ = Corpus(corpus).caption_pairs()
@@ -429,7 +550,8 @@ class IndexedRetriever:
         index = self.image_index if target == "image" else self.text_index
         if index is None:
             raise ValueError("no caption index: build with index_captions=True for target='text'")
-        raw = self._search(index, queries, k)
+        # Never more than the index holds: nothing downstream is sized by a caller's k.
+        raw = self._search(index, queries, max(1, min(int(k), len(index))))
         return [[self._decorate(h, r, target) for r, h in enumerate(hits)] for hits in raw]
 
     def _decorate(self, hit: Hit, rank: int, target: str) -> Hit:
@@ -497,15 +619,22 @@ class IndexedRetriever:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Save indexes, corpus, settings and the encoder's spec into ``directory``
-        atomically (the directory holds the old or the new retriever, never a mix)."""
+        atomically (the directory holds the old or the new retriever, never a mix).
+
+        Raises:
+            OverwriteRefusedError: ``directory`` exists and is not a retriever directory
+                (nor empty, nor an interrupted build): a folder of other files is never
+                replaced.
+        """
         from vistrieve.encoders import encoder_spec
 
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, marker=RETRIEVER_FILE, allow=(PARTIAL_DIR,)) as tmp:
             self._save_parts(tmp)
             self.image_index.save(tmp / "image_index")
             if self.text_index is not None:
                 self.text_index.save(tmp / "text_index")
             write_corpus(self.corpus, tmp / "corpus.jsonl", _store_images(self.corpus, tmp))
+            files = [file_record(tmp / "corpus.jsonl")]
             if self.build_report is not None:
                 atomic_write_json(tmp / "build_report.json", self.build_report.to_dict())
             atomic_write_json(
@@ -519,6 +648,7 @@ class IndexedRetriever:
                     "dim": self.encoder.dim,
                     "text_index": self.text_index is not None,
                     **self._meta(),
+                    "files": files,
                 },
             )
 
@@ -558,11 +688,18 @@ class IndexedRetriever:
                     "pass the same encoder to load()"
                 )
             encoder = create_encoder(meta["encoder"], **overrides)
+        records = meta.get("files")
+        if records is not None:
+            if not isinstance(records, list):
+                raise IntegrityError(f"{root / RETRIEVER_FILE}: 'files' is not a list", root)
+            check_files(root, records)
         image_index, text_index, kwargs = cls._load_parts(root, meta, encoder)
+        corpus = read_corpus(root / "corpus.jsonl")
+        check_consistency(root, corpus, image_index, text_index)
         r = cls(
             encoder,
             image_index=image_index,
-            corpus=read_corpus(root / "corpus.jsonl"),
+            corpus=corpus,
             text_index=text_index,
             name=meta.get("name", cls.kind),
             **kwargs,
@@ -579,6 +716,7 @@ __all__ = [
     "BuildReport",
     "IndexedRetriever",
     "caption_ids",
+    "check_consistency",
     "encode_tolerant",
     "read_corpus",
     "read_retriever_meta",

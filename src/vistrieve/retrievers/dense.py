@@ -88,6 +88,7 @@ class DenseRetriever(IndexedRetriever):
         resume: bool = True,
         chunk_size: int = 2048,
         index_captions: bool = True,
+        max_image_pixels: int | None = None,
         **kwargs: Any,
     ) -> DenseRetriever:
         """Encode a corpus and index it.
@@ -100,6 +101,10 @@ class DenseRetriever(IndexedRetriever):
             directory: Where to save the retriever; also holds resumable partial results.
             resume: Reuse chunks already encoded in ``directory`` by an interrupted build.
             chunk_size: Images per saved chunk.
+            max_image_pixels: Images declaring more pixels (width x height, read from the
+                file header) are skipped and reported without being decoded; None leaves
+                only Pillow's own decompression-bomb check (images it refuses are skipped
+                and reported too).
             index_captions: Also build a caption index for image -> text retrieval.
             **kwargs: Passed to the constructor (``name``, ``composed_mode``).
 
@@ -121,7 +126,12 @@ class DenseRetriever(IndexedRetriever):
             **kwargs,
         )
         retriever._encode_corpus(
-            corpus, report, directory=directory, resume=resume, chunk_size=chunk_size
+            corpus,
+            report,
+            directory=directory,
+            resume=resume,
+            chunk_size=chunk_size,
+            max_image_pixels=max_image_pixels,
         )
         if index_captions:
             retriever._index_captions(corpus, report)

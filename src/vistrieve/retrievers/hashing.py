@@ -116,6 +116,7 @@ class HashRetriever(IndexedRetriever):
         index_kwargs: Mapping[str, Any] | None = None,
         resume: bool = True,
         chunk_size: int = 2048,
+        max_image_pixels: int | None = None,
         **kwargs: Any,
     ) -> HashRetriever:
         """Encode a corpus, hash it and index the codes.
@@ -131,6 +132,10 @@ class HashRetriever(IndexedRetriever):
             index_kwargs: Options of :class:`BinaryHashIndex` (``nlist``, ``ef_search`` ...).
             resume: Reuse chunks already encoded in ``directory`` by an interrupted build.
             chunk_size: Images per saved chunk.
+            max_image_pixels: Images declaring more pixels (width x height, read from the
+                file header) are skipped and reported without being decoded; None leaves
+                only Pillow's own decompression-bomb check (images it refuses are skipped
+                and reported too).
             **kwargs: Constructor options (``name``, ``rescore_multiplier``).
 
         Returns:
@@ -158,7 +163,14 @@ class HashRetriever(IndexedRetriever):
             rescore=rescore,
             **kwargs,
         )
-        r._encode_corpus(corpus, report, directory=directory, resume=resume, chunk_size=chunk_size)
+        r._encode_corpus(
+            corpus,
+            report,
+            directory=directory,
+            resume=resume,
+            chunk_size=chunk_size,
+            max_image_pixels=max_image_pixels,
+        )
         if index_captions:
             r._index_captions(corpus, report)
             if not len(text_index):
