@@ -24,9 +24,9 @@ def encoder_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The encoder spec (plus runtime options) of ``--encoder`` and its companions: any form
     :func:`vistrieve.encoders.parse_encoder_spec` reads; a bare ``open_clip`` or ``hf`` takes
     ``--model`` / ``--pretrained``."""
-    from vistrieve.encoders import parse_encoder_spec
+    from vistrieve.encoders import DEFAULT_PHOTO_ENCODER, parse_encoder_spec
 
-    spec = parse_encoder_spec(args.encoder)
+    spec = parse_encoder_spec(args.encoder or DEFAULT_PHOTO_ENCODER)
     name = spec["name"]
     if name == "open_clip" and "model" not in spec:
         spec["model"] = args.model or "ViT-B-32"
@@ -48,6 +48,37 @@ def encoder_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- index
+def _looks_like_shapes_world(images: list[Any], n: int = 5) -> bool:
+    """Whether the first images are small squares like the shapes world's renders."""
+    from vistrieve.utils.images import load_image
+
+    for image in images[:n]:
+        try:
+            w, h = load_image(image).size
+        except Exception:  # noqa: BLE001 - unreadable images are reported by the build
+            continue
+        if w != h or w > 128:
+            return False
+    return True
+
+
+def _warn_shapes_model(spec: dict[str, Any], corpus: Any) -> None:
+    """Warn when a model trained only on the synthetic shapes world indexes real photos."""
+    if not str(spec.get("name", "")).startswith("shapes"):
+        return
+    images = [it.image for it in corpus.values() if it.image is not None]
+    if images and not _looks_like_shapes_world(images):
+        from vistrieve.encoders import DEFAULT_PHOTO_ENCODER
+
+        msg = (
+            f"warning: --encoder {spec['name']} is trained only on the synthetic shapes world; "
+            f"on real photos it ranks at chance level. Use --encoder {DEFAULT_PHOTO_ENCODER} "
+            "(the default) for photos."
+        )
+        logger.warning(msg)
+        sys.stderr.write(msg + "\n")
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from vistrieve.data.manifest import corpus_from_folder, corpus_from_manifest
     from vistrieve.encoders import create_encoder
@@ -64,7 +95,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         corpus, skipped_rows = result.corpus, list(result.skipped)
     else:
         raise SystemExit(f"source not found: {source} (give an image folder or a manifest file)")
-    encoder = create_encoder(encoder_from_args(args))
+    spec = encoder_from_args(args)
+    _warn_shapes_model(spec, corpus)
+    encoder = create_encoder(spec)
     retriever = DenseRetriever.build(
         encoder,
         corpus,
@@ -130,9 +163,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encoder",
-        default="shapes-clip",
-        help="encoder spec: a name (shapes-clip, clip-tiny-test), open_clip:ARCH[:PRETRAINED], "
-        "hf:PATH, lit:HEADS_DIR, or a JSON object",
+        default=None,
+        help="encoder spec (default bridge-lite1, the real-photo encoder): a name "
+        "(bridge-lite0/1/2, real-photo, shapes-clip, clip-tiny-test), bridge-lite1:HEADS_DIR, "
+        "open_clip:ARCH[:PRETRAINED], hf:PATH, lit:HEADS_DIR, or a JSON object",
     )
     p.add_argument("--model", help="open_clip architecture / hf-hub: / local-dir:, or hf name/path")
     p.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file")
