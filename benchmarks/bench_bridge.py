@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vistrieve.encoders.bridge import BridgeEncoder
 from vistrieve.evals.datasets import load_flickr8k, split_by_image
 from vistrieve.evals.metrics import image_text_retrieval_metrics
@@ -133,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             _row(
                 f"bridge-lite1 + heads on [{', '.join(towers)}]",
                 res["test_metrics"],
-                f"w = {ch['weight']:g}, reg = {ch['reg']:g} ({100 * cvb['mean_R@10']:.1f}) | {secs:.0f}",
+                f"w = {ch['weight']:g}, reg = {ch['reg']:g} "
+                f"({100 * cvb['mean_R@10']:.1f}) | {secs:.0f}",
             )
         )
     lines += [

@@ -11,7 +11,8 @@ Datasets: ``shapes`` (the built-in shapes world; ``--task retrieval|composed|dia
 ``karpathy`` (a Karpathy ``dataset_{flickr30k,coco}.json`` with ``--image-root``),
 ``coco`` (an MS-COCO ``captions_*.json`` with ``--captions`` and ``--images``), ``csv`` (a
 folder of images and a captions CSV with ``image,caption`` rows: ``--captions``,
-``--images``), ``manifest`` (a CSV/TSV/JSONL manifest) and ``embeddings`` (precomputed ``.npy`` image and
+``--images``), ``manifest`` (a CSV/TSV/JSONL manifest) and ``embeddings`` (precomputed
+``.npy`` image and
 text embeddings, scored exactly without any model).
 
 Examples::
