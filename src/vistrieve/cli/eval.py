@@ -9,7 +9,10 @@ same evaluators (:mod:`vistrieve.evals.runner`) and the report (``report.json``,
 Datasets: ``shapes`` (the built-in shapes world; ``--task retrieval|composed|dialog``),
 ``flickr8k`` (a folder with ``captions.txt``, split by image with ``--n-train``),
 ``karpathy`` (a Karpathy ``dataset_{flickr30k,coco}.json`` with ``--image-root``),
-``manifest`` (a CSV/TSV/JSONL manifest) and ``embeddings`` (precomputed ``.npy`` image and
+``coco`` (an MS-COCO ``captions_*.json`` with ``--captions`` and ``--images``), ``csv`` (a
+folder of images and a captions CSV with ``image,caption`` rows: ``--captions``,
+``--images``), ``manifest`` (a CSV/TSV/JSONL manifest) and ``embeddings`` (precomputed
+``.npy`` image and
 text embeddings, scored exactly without any model).
 
 Examples::
@@ -21,6 +24,10 @@ Examples::
     # two methods side by side; a saved index is a method too
     vistrieve eval --dataset shapes --encoder shapes-clip --encoder clip-tiny-test \\
         --index-dir runs/idx --out runs/cmp
+
+    # real photos: COCO val2017 with the zero-shot real-photo encoder
+    vistrieve eval --dataset coco --captions captions_val2017.json --images val2017 \\
+        --encoder bridge-lite1 --out runs/coco-bridge
 
     # the dual encoder alone and followed by the shipped Q-Former over its top 16
     vistrieve eval --dataset shapes --encoder shapes-clip --rerank embedded --out runs/rr
@@ -46,7 +53,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("shapes", "flickr8k", "karpathy", "manifest", "embeddings")
+DATASETS = ("shapes", "flickr8k", "karpathy", "coco", "csv", "manifest", "embeddings")
 TASKS = ("retrieval", "composed", "dialog")
 SHAPES_SPLITS = ("train", "val", "test")
 
@@ -96,6 +103,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="flickr8k folder, Karpathy JSON, manifest file, or embeddings folder",
     )
     d.add_argument("--karpathy-json", help="Karpathy dataset_*.json (same as --data)")
+    d.add_argument("--captions", help="coco: captions_*.json; csv: the captions CSV")
+    d.add_argument("--images", help="coco/csv: image folder (csv: default the CSV's folder)")
     d.add_argument("--image-root", help="image folder of a Karpathy JSON or a manifest")
     d.add_argument("--n-train", type=int, default=800, help="flickr8k: training images (skipped)")
     d.add_argument("--shapes-n", type=int, help="shapes: images in the split")
@@ -108,8 +117,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--encoder",
         action="append",
         help=(
-            "method: an encoder NAME (shapes-clip, clip-tiny-test, open_clip, hf) or "
-            "open_clip:ARCH[:TAG], hf:NAME_OR_PATH, lit:HEADS_DIR (repeatable)"
+            "method: an encoder NAME (bridge-lite1, real-photo, shapes-clip, clip-tiny-test, "
+            "open_clip, hf) or bridge-lite1:HEADS_DIR, open_clip:ARCH[:TAG], hf:NAME_OR_PATH, "
+            "lit:HEADS_DIR (repeatable)"
         ),
     )
     m.add_argument("--model", help="architecture of a bare open_clip (or model of a bare hf)")
@@ -213,6 +223,20 @@ def _corpus(args: argparse.Namespace) -> Any:
         if args.split not in ("train", "test"):
             raise SystemExit(f"--dataset flickr8k has splits train and test, not {args.split!r}")
         return test if args.split == "test" else train
+    if args.dataset == "coco":
+        from vistrieve.evals.datasets import load_coco_captions
+
+        captions = args.captions or args.data
+        if not captions or not args.images:
+            raise SystemExit("--dataset coco needs --captions captions_*.json and --images DIR")
+        return load_coco_captions(captions, args.images)
+    if args.dataset == "csv":
+        from vistrieve.evals.datasets import load_captions_csv
+
+        captions = args.captions or args.data
+        if not captions:
+            raise SystemExit("--dataset csv needs --captions FILE.csv (and --images DIR)")
+        return load_captions_csv(captions, args.images)
     if args.dataset == "karpathy":
         from vistrieve.evals.datasets import load_karpathy
 

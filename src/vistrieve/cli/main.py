@@ -24,9 +24,9 @@ def encoder_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The encoder spec (plus runtime options) of ``--encoder`` and its companions: any form
     :func:`vistrieve.encoders.parse_encoder_spec` reads; a bare ``open_clip`` or ``hf`` takes
     ``--model`` / ``--pretrained``."""
-    from vistrieve.encoders import parse_encoder_spec
+    from vistrieve.encoders import DEFAULT_PHOTO_ENCODER, parse_encoder_spec
 
-    spec = parse_encoder_spec(args.encoder)
+    spec = parse_encoder_spec(args.encoder or DEFAULT_PHOTO_ENCODER)
     name = spec["name"]
     if name == "open_clip" and "model" not in spec:
         spec["model"] = args.model or "ViT-B-32"
@@ -81,6 +81,37 @@ def check_index_output(out: Path, source: Path, *, overwrite: bool) -> None:
     check_replaceable(out, RETRIEVER_FILE, allow=(PARTIAL_DIR,))
 
 
+def _looks_like_shapes_world(images: list[Any], n: int = 5) -> bool:
+    """Whether the first images are small squares like the shapes world's renders."""
+    from vistrieve.utils.images import load_image
+
+    for image in images[:n]:
+        try:
+            w, h = load_image(image).size
+        except Exception:  # noqa: BLE001 - unreadable images are reported by the build
+            continue
+        if w != h or w > 128:
+            return False
+    return True
+
+
+def _warn_shapes_model(spec: dict[str, Any], corpus: Any) -> None:
+    """Warn when a model trained only on the synthetic shapes world indexes real photos."""
+    if not str(spec.get("name", "")).startswith("shapes"):
+        return
+    images = [it.image for it in corpus.values() if it.image is not None]
+    if images and not _looks_like_shapes_world(images):
+        from vistrieve.encoders import DEFAULT_PHOTO_ENCODER
+
+        msg = (
+            f"warning: --encoder {spec['name']} is trained only on the synthetic shapes world; "
+            f"on real photos it ranks at chance level. Use --encoder {DEFAULT_PHOTO_ENCODER} "
+            "(the default) for photos."
+        )
+        logger.warning(msg)
+        sys.stderr.write(msg + "\n")
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from vistrieve.data.manifest import corpus_from_manifest, scan_folder
     from vistrieve.encoders import create_encoder
@@ -117,7 +148,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
     if args.max_image_pixels is not None and args.max_image_pixels <= 0:
         raise SystemExit(f"--max-image-pixels must be positive, got {args.max_image_pixels}")
-    encoder = create_encoder(encoder_from_args(args))
+    spec = encoder_from_args(args)
+    _warn_shapes_model(spec, corpus)
+    encoder = create_encoder(spec)
     retriever = DenseRetriever.build(
         encoder,
         corpus,
@@ -186,9 +219,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encoder",
-        default="shapes-clip",
-        help="encoder spec: a name (shapes-clip, clip-tiny-test), open_clip:ARCH[:PRETRAINED], "
-        "hf:PATH, lit:HEADS_DIR, or a JSON object",
+        default=None,
+        help="encoder spec (default bridge-lite1, the real-photo encoder): a name "
+        "(bridge-lite0/1/2, real-photo, shapes-clip, clip-tiny-test), bridge-lite1:HEADS_DIR, "
+        "open_clip:ARCH[:PRETRAINED], hf:PATH, lit:HEADS_DIR, or a JSON object",
     )
     p.add_argument("--model", help="open_clip architecture / hf-hub: / local-dir:, or hf name/path")
     p.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file")

