@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -279,3 +279,55 @@ def dialog_table(results: Mapping[str, AgentDialogResult], *, k: int = 10, title
             f"{100 * m['rank_worse_share']:.1f}% | {res.seconds:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class DialogSetup:
+    """What live agent dialogs need: opening captions, targets, the user and the evidence."""
+
+    captions: list[str]
+    targets: list[str]
+    user: SimulatedUser
+    evidence_texts: Callable[[str], Sequence[str]]
+    notes: list[str] = field(default_factory=list)
+
+
+def caption_dialogs(
+    corpus: Mapping[str, Any],
+    *,
+    n_dialogs: int = 200,
+    user_captions: int = 3,
+    seed: int = 0,
+) -> DialogSetup:
+    """Dialogs on a captioned photo corpus, with a :class:`CaptionUser`.
+
+    Targets are the first ``n_dialogs`` ids in sorted order. Of each image's captions, the
+    first ``user_captions`` are the user's (the opening query is one of them, chosen with
+    ``seed``) and the rest are the gallery's evidence for the agent, standing in for a
+    captioner: the agent never reads the captions the user answers from.
+
+    Raises:
+        ValueError: an image with fewer than ``user_captions + 1`` captions.
+    """
+    ids = sorted(corpus)
+    short = [i for i in ids if len(corpus[i].captions) <= user_captions]
+    if short:
+        raise ValueError(
+            f"{len(short)} images (e.g. {short[0]!r}) have at most {user_captions} captions; "
+            "the user and the agent's evidence need disjoint captions (lower user_captions)"
+        )
+    rng = np.random.default_rng(seed)
+    targets = ids[:n_dialogs]
+    captions = [corpus[i].captions[int(rng.integers(user_captions))] for i in targets]
+    user = CaptionUser({i: tuple(corpus[i].captions[:user_captions]) for i in ids}, seed=seed)
+
+    def evidence(item_id: str) -> Sequence[str]:
+        item = corpus.get(item_id)
+        return tuple(item.captions[user_captions:]) if item is not None else ()
+
+    notes = [
+        f"{len(targets)} dialogs; the user knows captions 1-{user_captions} of the target "
+        f"(the opening query is one of them); the agent reads captions {user_captions + 1}+ "
+        "of every gallery image"
+    ]
+    return DialogSetup(captions, targets, user, evidence, notes)

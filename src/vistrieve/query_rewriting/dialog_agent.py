@@ -237,9 +237,17 @@ class CaptionWords:
         return frozenset(out)
 
     def surface(self, attribute: str) -> str:
-        """The most frequent surface form of ``attribute`` seen so far."""
+        """The surface form to phrase ``attribute`` with: an ``-ing`` form when one was seen
+        (a verb), else the word itself when it was seen, else the most frequent form."""
         seen = self._surface.get(attribute)
-        return seen.most_common(1)[0][0] if seen else attribute
+        if not seen:
+            return attribute
+        verbs = [w for w, _ in seen.most_common() if w.endswith("ing")]
+        if verbs:
+            return verbs[0]
+        if attribute in seen:
+            return attribute
+        return seen.most_common(1)[0][0]
 
     def question(self, attribute: str) -> str:
         """A yes/no question about the word."""
@@ -349,7 +357,7 @@ def dialog_facts(
     for t in turns:
         facts.questions.add(t.question.strip().lower())
         q_attrs = sorted(vocabulary.attributes(t.question))
-        facts.asked.update(q_attrs)
+        facts.asked.update(_maximal(vocabulary, q_attrs))
         kind = answer_kind(t.answer)
         if kind == YES:
             extra = sorted(vocabulary.attributes(t.answer))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vistrieve.data.shapes import COLOURS, POSITIONS, SHAPES
+from vistrieve.data.shapes import COLOURS, SHAPES
 
 _COLOURS = "|".join(COLOURS)
 _SHAPES = "|".join(SHAPES)
@@ -100,4 +100,31 @@ class ShapesAttributes:
         return frozenset(w for w in attribute.split() if w not in _PLACE_WORDS)
 
 
-__all__ = ["POSITIONS", "SceneAnswerer", "SceneUser", "ShapesAttributes"]
+__all__ = ["SceneAnswerer", "SceneUser", "ShapesAttributes", "shapes_dialogs"]
+
+
+def shapes_dialogs(world: Any, split: str, n_dialogs: int | None = None) -> Any:
+    """The world's dialogs of ``split`` as a :class:`~vistrieve.evals.dialog.DialogSetup`:
+    the opening captions of its dialogs, the scene-graph user, and the gallery's captions
+    (drawn from the scene graphs) as the agent's evidence."""
+    from vistrieve.evals.dialog import DialogSetup
+
+    data = world.dialogs(split)
+    examples = list(data.examples)[:n_dialogs] if n_dialogs else list(data.examples)
+    corpus = data.corpus
+
+    def evidence(item_id: str) -> tuple[str, ...]:
+        item = corpus.get(item_id)
+        return tuple(item.captions) if item is not None else ()
+
+    notes = [
+        f"{len(examples)} dialogs of shapes-{split}; the user answers from the target's scene "
+        "graph; the agent reads every gallery image's captions"
+    ]
+    return DialogSetup(
+        [e.caption for e in examples],
+        [e.target_id for e in examples],
+        SceneUser(world),
+        evidence,
+        notes,
+    )
