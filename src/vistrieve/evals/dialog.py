@@ -76,15 +76,22 @@ class SimulatedUser(Protocol):
         ...
 
 
+_ANIMALS = frozenset(
+    "dog cat horse cow sheep bird duck goat pig bull camel elephant chicken deer pony".split()
+)
+_PEOPLE = frozenset(
+    """man woman boy girl child baby person skier surfer cyclist climber player rider
+    snowboarder swimmer skateboarder biker""".split()
+)
+HYPERNYMS: Mapping[str, frozenset[str]] = {"person": _PEOPLE, "animal": _ANIMALS}
+"""A question about the key is answered "yes" when the captions name any of its words."""
 NOUN_GROUPS: tuple[frozenset[str], ...] = (
-    frozenset(
-        "dog cat horse cow sheep bird duck goat pig bull camel elephant chicken deer pony".split()
-    ),
-    frozenset("man woman boy girl child baby".split()),
+    _ANIMALS | _PEOPLE,
     frozenset("car bicycle motorcycle boat bus truck train skateboard surfboard".split()),
     frozenset("beach snow street road field mountain pool lake river city forest".split()),
 )
-"""Words of which an image's captions name one where they name any (for "no" answers)."""
+"""Groups of salient words (people and animals together, vehicles, places): when the
+captions name a member but not the asked word, the answer is "no"."""
 
 
 class CaptionUser:
@@ -145,6 +152,7 @@ class CaptionUser:
         asked = self.vocabulary.attributes(question)
         if not asked:
             return "I don't know"
+        known = known | {h for h, members in HYPERNYMS.items() if known & members}
         if asked <= known:
             return "yes"
         for word in asked - known:

@@ -321,9 +321,14 @@ class ChatSession:
     captions of relevant hits go to the LLM, which rewrites the query (EIIRwQR), and hits
     marked irrelevant are not shown again.
 
+    With an ``agent`` (:class:`~vistrieve.query_rewriting.dialog_agent.DialogAgent`), the
+    agent ranks (every round's query plus the answers, combined) and asks the next question
+    from the current candidates; ``questioner`` is then not used.
+
     Args:
         retriever: Text -> image retriever or pipeline.
         questioner: Asks the next question (``None``: never asks).
+        agent: The candidate-grounded agent (ranks, reformulates and asks).
         feedback_loop: Rewrites with feedback (``None``: feedback only filters hits).
         images: Id -> image, for captions of relevant hits.
         k: Hits returned per message.
@@ -337,6 +342,7 @@ class ChatSession:
         retriever: Retriever,
         *,
         questioner: Callable[[str, Sequence[DialogTurn]], str | None] | None = None,
+        agent: Any = None,
         feedback_loop: FeedbackLoop | None = None,
         images: Mapping[str, Any] | None = None,
         k: int = 10,
@@ -352,6 +358,7 @@ class ChatSession:
         self.max_log = max_log
         self.retriever = retriever
         self.questioner = questioner
+        self.agent = agent
         self.feedback_loop = feedback_loop
         self.images = images or {}
         self.k = k
@@ -403,13 +410,20 @@ class ChatSession:
             s.rewritten = self.feedback_loop.rewrite(base, caps) if caps else None
         else:
             s.rewritten = None
-        query = _query_text(s)
         hidden = set(s.irrelevant)
-        hits = self.retriever.retrieve([Query(text=query)], k=self.k + len(hidden))[0]
-        hits = [h for h in hits if h.id not in hidden][: self.k]
+        if self.agent is not None and not s.rewritten:
+            reply = self.agent.step(s.caption, _dialog(s), k=self.k + len(hidden))
+            query = reply.query
+            hits = [h for h in reply.hits if h.id not in hidden][: self.k]
+            if len(s.turns) < MAX_DIALOG_ROUNDS:
+                s.pending_question = reply.question
+        else:
+            query = _query_text(s)
+            hits = self.retriever.retrieve([Query(text=query)], k=self.k + len(hidden))[0]
+            hits = [h for h in hits if h.id not in hidden][: self.k]
+            if self.questioner is not None and len(s.turns) < MAX_DIALOG_ROUNDS:
+                s.pending_question = self.questioner(s.caption, _dialog(s))
         s.shown = [h.id for h in hits]
-        if self.questioner is not None and len(s.turns) < MAX_DIALOG_ROUNDS:
-            s.pending_question = self.questioner(s.caption, _dialog(s))
         s.log.append({"message": text, "query": query, "hits": s.shown,
                       "question": s.pending_question})  # fmt: skip
         del s.log[: -self.max_log]

@@ -124,7 +124,8 @@ STOPWORDS = frozenset(
     what which who whom whose where when how why not no yes something anything someone
     anyone somebody nothing image picture photo photograph shot scene view shown showing
     see seen looking look like kind lot lots bunch group side other another different
-    large small big little other another onto away together each next""".split()
+    large small big little other another onto away together each next young old wear
+    wearing dressed area outside outdoors inside""".split()
 )
 """Words that never become attributes of :class:`CaptionWords`."""
 
@@ -223,6 +224,8 @@ class CaptionWords:
     """
 
     name = "caption-words"
+    exact = False
+    """Captions mention only part of what an image shows: evidence shares stay soft."""
 
     def __init__(self, stopwords: frozenset[str] = STOPWORDS) -> None:
         self.stopwords = stopwords
@@ -242,9 +245,9 @@ class CaptionWords:
         seen = self._surface.get(attribute)
         if not seen:
             return attribute
-        verbs = [w for w, _ in seen.most_common() if w.endswith("ing")]
-        if verbs:
-            return verbs[0]
+        verbs = [(w, n) for w, n in seen.most_common() if w.endswith("ing")]
+        if verbs and 2 * sum(n for _, n in verbs) >= sum(seen.values()):
+            return verbs[0][0]
         if attribute in seen:
             return attribute
         return seen.most_common(1)[0][0]
@@ -401,6 +404,7 @@ class RuleReformulator:
         new = _maximal(voc, new)
         if not new:
             return caption
+        caption = caption.rstrip(" .")
         fragments = [self.vocabulary.phrase(a) for a in new]
         tail = fragments[-1]
         if len(fragments) > 1:
@@ -547,21 +551,37 @@ class CandidateQuestioner:
         w = np.exp(s - s.max())
         w /= w.sum()
         facts = ranking.facts
-        mass: dict[str, float] = {}
-        support: Counter[str] = Counter()
-        for wi, i in zip(w, ids, strict=True):
+        exact = bool(getattr(self.vocabulary, "exact", False))
+        index: dict[str, int] = {}
+        rows: list[list[tuple[int, float]]] = []
+        for i in ids:
+            row = []
             for a, share in self.evidence.of(i).items():
-                mass[a] = mass.get(a, 0.0) + float(wi) * (1.0 if share > 0 else 0.0)
-                support[a] += 1
-        cands = [
-            a
-            for a in mass
-            if support[a] >= self.min_support and not facts.known(self.vocabulary, a)
-        ]
-        cands = [a for a in cands if self.vocabulary.question(a).lower() not in facts.questions]
-        if not cands:
+                j = index.setdefault(a, len(index))
+                row.append((j, 1.0 if exact or share >= 1.0 else float(share)))
+            rows.append(row)
+        if not index:
             return []
-        gains = _binary_entropy(np.array([mass[a] for a in cands]))
+        like = np.zeros((len(ids), len(index)))
+        for r, row in enumerate(rows):
+            for j, v in row:
+                like[r, j] = v
+        names = list(index)
+        support = (like > 0).sum(axis=0)
+        keep = [
+            j
+            for j, a in enumerate(names)
+            if support[j] >= self.min_support
+            and not facts.known(self.vocabulary, a)
+            and self.vocabulary.question(a).lower() not in facts.questions
+        ]
+        if not keep:
+            return []
+        sub = like[:, keep]
+        # mutual information between the answer (yes / not yes) and which candidate it is
+        p_yes = w @ sub
+        gains = _binary_entropy(p_yes) - w @ _binary_entropy(sub)
+        cands = [names[j] for j in keep]
         order = sorted(range(len(cands)), key=lambda j: (-round(float(gains[j]), 9), cands[j]))
         return [(cands[j], float(gains[j])) for j in order[:n]]
 
@@ -687,7 +707,8 @@ class DialogAgent:
         accumulate: Average every round's normalised scores (False: the last round only).
         confirm_weight: Bonus for each confirmed attribute a candidate's evidence mentions.
         deny_weight: Penalty for each denied attribute a candidate's evidence mentions.
-        cache_size: Query texts whose retrieval results are kept.
+        cache_size: Query texts whose retrieval results are kept (0: none, for an index
+            that changes while the agent serves it).
     """
 
     def __init__(
@@ -721,6 +742,11 @@ class DialogAgent:
         self._cache: OrderedDict[str, list[Hit]] = OrderedDict()
 
     def _search(self, texts: Sequence[str]) -> list[list[Hit]]:
+        if self.cache_size <= 0:
+            unique = list(dict.fromkeys(texts))
+            found = self.retriever.retrieve([Query(text=t) for t in unique], k=self.pool)
+            by_text = dict(zip(unique, found, strict=True))
+            return [by_text[t] for t in texts]
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if todo:
             found = self.retriever.retrieve([Query(text=t) for t in todo], k=self.pool)

@@ -63,6 +63,8 @@ class ShapesAttributes:
     """
 
     name = "shapes"
+    exact = True
+    """Captions drawn from scene graphs: an attribute one caption names is in the image."""
 
     def attributes(self, text: str) -> frozenset[str]:
         """Attributes named in ``text`` (a caption, a question or an answer)."""
