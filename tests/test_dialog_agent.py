@@ -166,7 +166,9 @@ def test_caption_user_yes_no_unknown_and_cache(tmp_path: Path) -> None:
     assert user.answer("t", "Is there a dog in the picture?") == "yes"
     assert user.answer("t", "Is someone or something running?") == "yes"
     assert user.answer("t", "Is there a cat in the picture?") == "no"  # another animal named
-    assert user.answer("t", "Is there snow in the picture?") == "I don't know"
+    assert user.answer("t", "Is there snow in the picture?") == "no"  # a salient place
+    assert user.answer("t", "Is anything red in the picture?") == "I don't know"
+    assert user.answer("t", "Is there an animal in the picture?") == "yes"  # hypernym
     with pytest.raises(KeyError, match="no captions"):
         user.answer("other", "Is there a dog?")
     unsure = CaptionUser({"t": ["a dog"]}, unsure=1.0)

@@ -23,7 +23,12 @@ import numpy as np
 
 from vistrieve.evals.metrics import ABSENT_RANK, dialog_metrics, target_rank
 from vistrieve.query_rewriting.chat import MAX_DIALOG_ROUNDS
-from vistrieve.query_rewriting.dialog_agent import CaptionWords, DialogAgent
+from vistrieve.query_rewriting.dialog_agent import (
+    HYPERNYMS,
+    WORD_GROUPS,
+    CaptionWords,
+    DialogAgent,
+)
 from vistrieve.types import DialogTurn, Query, Retriever
 from vistrieve.utils.io import atomic_write_json
 
@@ -76,34 +81,17 @@ class SimulatedUser(Protocol):
         ...
 
 
-_ANIMALS = frozenset(
-    "dog cat horse cow sheep bird duck goat pig bull camel elephant chicken deer pony".split()
-)
-_PEOPLE = frozenset(
-    """man woman boy girl child baby person skier surfer cyclist climber player rider
-    snowboarder swimmer skateboarder biker""".split()
-)
-HYPERNYMS: Mapping[str, frozenset[str]] = {"person": _PEOPLE, "animal": _ANIMALS}
-"""A question about the key is answered "yes" when the captions name any of its words."""
-NOUN_GROUPS: tuple[frozenset[str], ...] = (
-    _ANIMALS | _PEOPLE,
-    frozenset("car bicycle motorcycle boat bus truck train skateboard surfboard".split()),
-    frozenset("beach snow street road field mountain pool lake river city forest".split()),
-)
-"""Groups of salient words (people and animals together, vehicles, places): when the
-captions name a member but not the asked word, the answer is "no"."""
-
-
 class CaptionUser:
     """A simulated user who knows only the target's human captions (rule-based).
 
     The question's content words (folded as :class:`~vistrieve.query_rewriting.dialog_agent.
     CaptionWords` folds them: plurals, verb forms, a few synonyms) are looked up in the
-    captions: all mentioned -> ``"yes"``; a word whose group (:data:`NOUN_GROUPS`: animals,
-    people, vehicles, places) the captions fill with another member -> ``"no"``; otherwise
-    ``"I don't know"``. With ``unsure`` > 0, that share of answers (chosen by a hash of
-    ``seed``, target and question, so runs replay) is ``"I don't know"`` whatever the
-    captions say.
+    captions (a hypernym such as "person" counts when the captions name a member): all
+    mentioned -> ``"yes"``; a salient thing (a member of
+    :data:`~vistrieve.query_rewriting.dialog_agent.WORD_GROUPS`: people, animals, vehicles,
+    places) that no caption names -> ``"no"``; otherwise ``"I don't know"``. With
+    ``unsure`` > 0, that share of answers (chosen by a hash of ``seed``, target and
+    question, so runs replay) is ``"I don't know"`` whatever the captions say.
 
     Args:
         captions_of: Target id -> the captions the user knows.
@@ -119,7 +107,7 @@ class CaptionUser:
         *,
         unsure: float = 0.0,
         seed: int = 0,
-        groups: Sequence[frozenset[str]] = NOUN_GROUPS,
+        groups: Sequence[frozenset[str]] = WORD_GROUPS,
     ) -> None:
         if not 0.0 <= unsure <= 1.0:
             raise ValueError(f"unsure must be in [0, 1], got {unsure}")
@@ -156,9 +144,8 @@ class CaptionUser:
         if asked <= known:
             return "yes"
         for word in asked - known:
-            for g in self.groups:
-                if word in g and known & g:
-                    return "no"
+            if any(word in g for g in self.groups) or word in HYPERNYMS:
+                return "no"
         return "I don't know"
 
 

@@ -162,6 +162,28 @@ SYNONYMS: Mapping[str, str] = {
 """Word -> canonical word folded by :func:`canonical_word` (irregular plurals included)."""
 
 _KEEP_S = ("ss", "us", "is", "ous")
+ANIMALS = frozenset(
+    "dog cat horse cow sheep bird duck goat pig bull camel elephant chicken deer pony".split()
+)
+PEOPLE = frozenset(
+    """man woman boy girl child baby person skier surfer cyclist climber player rider
+    snowboarder swimmer skateboarder worker biker crowd""".split()
+)
+HYPERNYMS: Mapping[str, frozenset[str]] = {
+    "person": PEOPLE,
+    "child": frozenset({"boy", "girl", "baby"}),
+    "animal": ANIMALS,
+}
+"""A word and the words it covers: a caption naming a boy names a child and a person."""
+WORD_GROUPS: tuple[frozenset[str], ...] = (
+    PEOPLE,
+    ANIMALS,
+    frozenset("car bicycle motorcycle boat bus truck train skateboard surfboard".split()),
+    frozenset("beach snow street road field mountain pool lake river city forest".split()),
+)
+"""Salient kinds of thing. Once the caption or an answer names one member, the questioner
+does not ask about the others (the subject is known), and a caption-based user who does not
+find the asked member says "no"."""
 _PLURAL_SURFACES = frozenset("children men women people kids puppies ladies feet teeth".split())
 MASS_NOUNS = frozenset(
     """grass water snow sand dirt mud sky air ice rain hay gravel concrete pavement grassland
@@ -246,7 +268,7 @@ class CaptionWords:
         if not seen:
             return attribute
         verbs = [(w, n) for w, n in seen.most_common() if w.endswith("ing")]
-        if verbs and 2 * sum(n for _, n in verbs) >= sum(seen.values()):
+        if verbs and 5 * sum(n for _, n in verbs) >= sum(seen.values()):
             return verbs[0][0]
         if attribute in seen:
             return attribute
@@ -518,6 +540,8 @@ class CandidateQuestioner:
         k: Top candidates considered.
         temperature: Softmax temperature over the combined (z-normalised) scores.
         min_support: Fewest top-k candidates that must mention an attribute.
+        groups: Kinds of thing whose other members are not asked about once one member is
+            named (:data:`WORD_GROUPS`; words the vocabulary does not produce are inert).
     """
 
     name = "candidate-ig"
@@ -529,6 +553,7 @@ class CandidateQuestioner:
         k: int = 50,
         temperature: float = 1.0,
         min_support: int = 1,
+        groups: Sequence[frozenset[str]] = (),
     ) -> None:
         if k < 2:
             raise ValueError(f"k must be at least 2 candidates, got {k}")
@@ -539,6 +564,7 @@ class CandidateQuestioner:
         self.k = k
         self.temperature = temperature
         self.min_support = min_support
+        self.groups = tuple(groups)
 
     def options(
         self, caption: str, turns: Sequence[DialogTurn], ranking: Ranking, n: int = 10
@@ -574,6 +600,12 @@ class CandidateQuestioner:
             if support[j] >= self.min_support
             and not facts.known(self.vocabulary, a)
             and self.vocabulary.question(a).lower() not in facts.questions
+        ]
+        named = set(facts.given) | set(facts.confirmed)
+        covered = {h for h, members in HYPERNYMS.items() if named & members}
+        filled = [g for g in self.groups if named & g]
+        keep = [
+            j for j in keep if names[j] not in covered and not any(names[j] in g for g in filled)
         ]
         if not keep:
             return []
@@ -838,6 +870,8 @@ __all__ = [
     "AgentReply",
     "AttributeVocabulary",
     "CANDIDATE_QUESTION",
+    "HYPERNYMS",
+    "WORD_GROUPS",
     "CandidateEvidence",
     "CandidateQuestioner",
     "CaptionWords",
