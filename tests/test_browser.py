@@ -94,7 +94,8 @@ def test_chat_search_refines_in_the_browser(server: str, tmp_path: Any) -> None:
         # Every stage's score is shown: the first stage's and the reranker's.
         scores = page.locator("#results .hit .scores").first.inner_text()
         assert "dense" in scores and "qformer" in scores
-        assert page.locator("#question").inner_text() == "agent: how many objects are there?"
+        question = page.locator("#question").inner_text()
+        assert question.startswith("agent: ") and question.endswith("?")  # grounded question
         # Thumbnails load (served by id).
         page.wait_for_function(
             "[...document.querySelectorAll('#results .hit img')].every(i => i.naturalWidth > 0)"

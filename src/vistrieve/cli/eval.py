@@ -56,6 +56,11 @@ logger = logging.getLogger(__name__)
 DATASETS = ("shapes", "flickr8k", "karpathy", "coco", "csv", "manifest", "embeddings")
 TASKS = ("retrieval", "composed", "dialog")
 SHAPES_SPLITS = ("train", "val", "test")
+QUESTIONERS = ("candidate", "llm", "generic")
+REFORMULATORS = ("rules", "llm", "concat")
+SCORINGS = ("accumulate", "last")
+WEIGHTS = {"shapes": (2.0, 2.0), "photos": (1.0, 1.0)}
+"""Default (confirm, deny) weights of the agent: shapes' evidence is exact, captions' is not."""
 
 
 def _out(text: str = "") -> None:
@@ -164,6 +169,38 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--ks", type=_ks, default=(1, 5, 10), help="retrieval R@K cut-offs, e.g. 1,5,10")
     e.add_argument("--dialog-k", type=int, default=10, help="dialog: Hits@K cut-off")
     e.add_argument("--rounds", type=int, help="dialog: last round (default: all)")
+    a = p.add_argument_group(
+        "live dialogs (--task dialog): the chat agent against a simulated user; every "
+        "questioner x reformulator x scoring combination runs on every method"
+    )
+    a.add_argument(
+        "--questioner",
+        action="append",
+        choices=QUESTIONERS,
+        help="candidate (information gain over the candidates' attributes, no LLM), llm "
+        "(an LLM picks and phrases from the same evidence), generic (fixed list); repeatable",
+    )
+    a.add_argument(
+        "--reformulator",
+        action="append",
+        choices=REFORMULATORS,
+        help="rules (caption + confirmed attributes), llm, concat (ChatIR); repeatable",
+    )
+    a.add_argument(
+        "--scoring",
+        action="append",
+        choices=SCORINGS,
+        help="accumulate (every round's scores + answer consistency) or last (last round "
+        "only); repeatable",
+    )
+    a.add_argument("--llm", default="smollm2", help="LLM spec of the llm questioner/reformulator")
+    a.add_argument("--llm-cache", help="replay cache directory of the LLM")
+    a.add_argument("--dialogs", type=int, default=200, help="live dialogs (first N)")
+    a.add_argument("--confirm-weight", type=float, help="bonus per confirmed attribute")
+    a.add_argument("--deny-weight", type=float, help="penalty per denied attribute")
+    a.add_argument(
+        "--no-live-dialogs", action="store_true", help="dialog: only the scripted dialogs"
+    )
     e.add_argument(
         "--continue-on-error",
         action="store_true",
@@ -462,8 +499,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """
     from vistrieve.evals.runner import evaluate
 
-    if args.task and args.dataset != "shapes" and set(args.task) != {"retrieval"}:
+    tasks = set(args.task or ["retrieval"])
+    if args.dataset == "flickr8k" and tasks - {"retrieval", "dialog"}:
+        raise SystemExit("--dataset flickr8k has the retrieval and dialog tasks")
+    if args.dataset not in ("shapes", "flickr8k") and tasks != {"retrieval"}:
         raise SystemExit(f"--dataset {args.dataset} only has the retrieval task")
+    report: Any = None
+    methods: dict[str, Any] = {}
+    corpus: Any = None
     if args.dataset == "embeddings":
         report = _embeddings(args)
     else:
@@ -474,23 +517,176 @@ def cmd_eval(args: argparse.Namespace) -> int:
             from vistrieve.evals.runner import RetrievalEvaluator
 
             corpus = _corpus(args)
-            evaluators = [
-                RetrievalEvaluator(corpus, name=f"{args.dataset}-{args.split}", ks=args.ks)
-            ]
+            evaluators = []
+            if "retrieval" in tasks:
+                evaluators.append(
+                    RetrievalEvaluator(corpus, name=f"{args.dataset}-{args.split}", ks=args.ks)
+                )
         methods, notes = _methods(specs, args, corpus)
-        report = evaluate(
-            methods,
-            evaluators,
-            continue_on_error=args.continue_on_error,
-            title=f"{args.dataset} {args.split}",
-            info=_info(args, corpus),
-        )
-        for method, extra in notes.items():
-            report.methods[method].notes[:0] = extra
-    files = report.save(Path(args.out))
-    _out(report.to_markdown())
+        if evaluators:
+            report = evaluate(
+                methods,
+                evaluators,
+                continue_on_error=args.continue_on_error,
+                title=f"{args.dataset} {args.split}",
+                info=_info(args, corpus),
+            )
+            for method, extra in notes.items():
+                report.methods[method].notes[:0] = extra
+    files = report.save(Path(args.out)) if report is not None else []
+    if report is not None:
+        _out(report.to_markdown())
+    if args.dataset in ("shapes", "flickr8k") and "dialog" in tasks and not args.no_live_dialogs:
+        files += _live_dialogs(args, methods, corpus)
     _out("wrote " + ", ".join(str(f) for f in files))
-    return 1 if any(r.failed for r in report.methods.values()) else 0
+    failed = report is not None and any(r.failed for r in report.methods.values())
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- live dialogs
+def _agent_parts(
+    questioner: str,
+    reformulator: str,
+    scoring: str,
+    args: argparse.Namespace,
+    vocab: Any,
+    evidence: Any,
+    weights: tuple[float, float],
+    llm: Any,
+) -> dict[str, Any]:
+    from vistrieve.query_rewriting.chat import FALLBACK_QUESTIONS
+    from vistrieve.query_rewriting.dialog_agent import (
+        CandidateQuestioner,
+        ConcatReformulator,
+        LLMCandidateQuestioner,
+        LLMReformulator,
+        RuleReformulator,
+    )
+
+    base = CandidateQuestioner(evidence)
+    q: Any
+    if questioner == "candidate":
+        q = base
+    elif questioner == "llm":
+        q = LLMCandidateQuestioner(llm(), base)
+    else:
+
+        def q(caption: str, turns: Any, ranking: Any) -> str:
+            return FALLBACK_QUESTIONS[len(turns) % len(FALLBACK_QUESTIONS)]
+
+    r: Any
+    if reformulator == "rules":
+        r = RuleReformulator(vocab)
+    elif reformulator == "llm":
+        r = LLMReformulator(llm(), vocab)
+    else:
+        r = ConcatReformulator()
+    confirm, deny = weights
+    if args.confirm_weight is not None:
+        confirm = args.confirm_weight
+    if args.deny_weight is not None:
+        deny = args.deny_weight
+    if scoring == "last":
+        confirm = deny = 0.0
+    return {
+        "questioner": q,
+        "reformulator": r,
+        "accumulate": scoring == "accumulate",
+        "confirm_weight": confirm,
+        "deny_weight": deny,
+    }
+
+
+def _live_dialogs(args: argparse.Namespace, methods: dict[str, Any], corpus: Any) -> list[Path]:
+    """Live agent dialogs for every method and combination; writes ``dialog_agent.md``/``.json``."""
+    import itertools
+    import json
+
+    from vistrieve.evals.dialog import CachedUser, caption_dialogs, dialog_table, run_agent_dialogs
+    from vistrieve.query_rewriting.dialog_agent import CandidateEvidence, DialogAgent
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.dataset == "shapes":
+        from vistrieve.data.shapes import ShapesWorld
+        from vistrieve.recipes.shapes.dialog import ShapesAttributes, shapes_dialogs
+
+        overrides: dict[str, Any] = {"seed": args.seed}
+        if args.shapes_n is not None:
+            n = args.shapes_n
+            overrides.update(
+                {f"n_{args.split}": n, "n_composed": min(500, n // 2), "n_dialogs": n // 2}
+            )
+        setup = shapes_dialogs(ShapesWorld(**overrides), args.split, args.dialogs)
+        vocab: Any = ShapesAttributes()
+        weights = WEIGHTS["shapes"]
+    else:
+        from vistrieve.query_rewriting.dialog_agent import CaptionWords
+
+        setup = caption_dialogs(corpus, n_dialogs=args.dialogs, seed=args.seed)
+        vocab = CaptionWords()
+        weights = WEIGHTS["photos"]
+    user = CachedUser(setup.user, out / "dialog_answers.json")
+    evidence = CandidateEvidence(vocab, setup.evidence_texts)
+    shared: list[Any] = []
+
+    def llm() -> Any:
+        if not shared:
+            from vistrieve.llm import CachedLLM, ReplayCache, create_llm
+
+            cache = ReplayCache(args.llm_cache) if args.llm_cache else None
+            shared.append(CachedLLM(create_llm(args.llm), cache))
+        return shared[0]
+
+    combos = list(
+        itertools.product(
+            dict.fromkeys(args.questioner or ["candidate"]),
+            dict.fromkeys(args.reformulator or ["rules"]),
+            dict.fromkeys(args.scoring or ["accumulate"]),
+        )
+    )
+    results: dict[str, Any] = {}
+    for method, retriever in methods.items():
+        for q, r, s in combos:
+            parts = _agent_parts(q, r, s, args, vocab, evidence, weights, llm)
+            agent = DialogAgent(retriever, evidence=evidence, pool=len(corpus), **parts)
+            name = f"{method}, questioner {q}, reformulator {r}, scoring {s}"
+            results[name] = run_agent_dialogs(
+                agent,
+                setup.captions,
+                setup.targets,
+                user,
+                rounds=args.rounds or 5,
+                n_gallery=len(corpus),
+                progress=False,
+            )
+    user.save()
+    title = (
+        f"live dialogs, {args.dataset} {args.split}: {len(corpus)} images, user "
+        f"{setup.user.name}; " + "; ".join(setup.notes)
+    )
+    table = dialog_table(results, k=args.dialog_k, title=title)
+    _out(table)
+    md = out / "dialog_agent.md"
+    md.write_text(table, encoding="utf-8")
+    js = out / "dialog_agent.json"
+    record = {
+        n: {
+            **res.metrics(args.dialog_k),
+            "seconds": res.seconds,
+            "cost": res.cost,
+            "example": {
+                "caption": setup.captions[0],
+                "target": setup.targets[0],
+                "turns": [[t.question, t.answer] for t in res.dialogs[0]],
+                "queries": res.queries[0],
+                "ranks": res.ranks[0].tolist(),
+            },
+        }
+        for n, res in results.items()
+    }
+    js.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return [md, js]
 
 
 __all__ = ["DATASETS", "SHAPES_SPLITS", "TASKS", "add_eval_parser", "cmd_eval"]

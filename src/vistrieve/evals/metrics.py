@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ABSENT_RANK",
+    "best_log_rank_integral",
+    "dialog_metrics",
+    "mean_rank_per_round",
+    "rank_worsened_share",
     "cir_map_at_k",
     "cir_recall_at_k",
     "cir_recall_subset_at_k",
@@ -1066,6 +1070,78 @@ def cumulative_hits_at_k(target_ranks: np.ndarray, k: int = 10) -> np.ndarray:
     _as_ranks(ranks.reshape(-1), "target_ranks")
     hit_so_far = np.logical_or.accumulate(ranks < k_, axis=1)
     return hit_so_far.mean(axis=0)
+
+
+def _dialog_ranks(target_ranks: np.ndarray, n_gallery: int) -> np.ndarray:
+    ranks = np.asarray(target_ranks)
+    if ranks.ndim != 2 or ranks.shape[0] == 0 or ranks.shape[1] == 0:
+        raise ValueError(
+            f"target_ranks must have shape (n_dialogs, n_rounds) with both > 0, got {ranks.shape}"
+        )
+    if n_gallery < 1:
+        raise ValueError(f"n_gallery must be positive, got {n_gallery}")
+    _as_ranks(ranks.reshape(-1), "target_ranks")
+    return np.minimum(ranks, n_gallery - 1).astype(np.float64)
+
+
+def best_log_rank_integral(target_ranks: np.ndarray, n_gallery: int) -> float:
+    """Best log Rank Integral (BRI, PlugIR, Lee et al. 2024): lower is better.
+
+    Per dialog, the best 1-based rank reached so far at each round is taken in natural log,
+    and the area under that curve over rounds ``0..R`` (trapezoid rule) is divided by ``R``;
+    BRI is the mean over dialogs. 0 means the target was first from the caption on; a
+    target that is never retrieved counts at rank ``n_gallery``. With one round (``R = 0``)
+    it is the mean log rank of round 0.
+
+    Args:
+        target_ranks: ``(n_dialogs, n_rounds)`` 0-based ranks, :data:`ABSENT_RANK` allowed.
+        n_gallery: Images searched (the rank of a target that was not retrieved).
+
+    Example:
+        >>> round(best_log_rank_integral(np.array([[0, 5, 0]]), 100), 6)
+        0.0
+    """
+    ranks = _dialog_ranks(target_ranks, n_gallery)
+    best = np.log(np.minimum.accumulate(ranks, axis=1) + 1.0)
+    if best.shape[1] == 1:
+        return float(best[:, 0].mean())
+    area = (best[:, :-1] + best[:, 1:]).sum(axis=1) / 2.0
+    return float((area / (best.shape[1] - 1)).mean())
+
+
+def mean_rank_per_round(target_ranks: np.ndarray, n_gallery: int) -> np.ndarray:
+    """Mean 1-based rank of the target per round (not retrieved: ``n_gallery``)."""
+    ranks = _dialog_ranks(target_ranks, n_gallery)
+    out: np.ndarray = (ranks + 1.0).mean(axis=0)
+    return out
+
+
+def rank_worsened_share(target_ranks: np.ndarray, n_gallery: int) -> float:
+    """Share of rounds ``1..R`` (over all dialogs) in which the target's rank got worse.
+
+    Example:
+        >>> rank_worsened_share(np.array([[5, 3, 4], [2, 2, 1]]), 100)
+        0.25
+    """
+    ranks = _dialog_ranks(target_ranks, n_gallery)
+    if ranks.shape[1] < 2:
+        return 0.0
+    return float((ranks[:, 1:] > ranks[:, :-1]).mean())
+
+
+def dialog_metrics(target_ranks: np.ndarray, n_gallery: int, k: int = 10) -> dict[str, float]:
+    """Cumulative Hits@K and mean rank per round, BRI and the share of worsened rounds.
+
+    Keys: ``hits@{k}_round{r}`` (fractions), ``mean_rank_round{r}``, ``bri`` and
+    ``rank_worse_share``.
+    """
+    hits = cumulative_hits_at_k(target_ranks, k)
+    means = mean_rank_per_round(target_ranks, n_gallery)
+    out = {f"hits@{k}_round{r}": float(v) for r, v in enumerate(hits)}
+    out.update({f"mean_rank_round{r}": float(v) for r, v in enumerate(means)})
+    out["bri"] = best_log_rank_integral(target_ranks, n_gallery)
+    out["rank_worse_share"] = rank_worsened_share(target_ranks, n_gallery)
+    return out
 
 
 def prefix(metrics: Mapping[str, float], name: str) -> dict[str, float]:

@@ -354,6 +354,19 @@ def _query_text(state: SessionState) -> str:
     return Query(text=state.caption, dialog=_dialog(state)).as_text()
 
 
+def _checked_question(question: Any) -> str | None:
+    """A questioner's output as a capped question, or ``None`` when it asks nothing.
+
+    Raises:
+        ModelOutputError: the questioner returned something that is not text.
+    """
+    if question is None:
+        return None
+    if not isinstance(question, str):
+        raise ModelOutputError("the questioner returned something that is not text", question)
+    return cap_output(question, MAX_QUESTION_CHARS, what="question")[0]
+
+
 class ChatSession:
     """One chat-based image search conversation.
 
@@ -364,9 +377,14 @@ class ChatSession:
     captions of relevant hits go to the LLM, which rewrites the query (EIIRwQR), and hits
     marked irrelevant are not shown again.
 
+    With an ``agent`` (:class:`~vistrieve.query_rewriting.dialog_agent.DialogAgent`), the
+    agent ranks (every round's query plus the answers, combined) and asks the next question
+    from the current candidates; ``questioner`` is then not used.
+
     Args:
         retriever: Text -> image retriever or pipeline.
         questioner: Asks the next question (``None``: never asks).
+        agent: The candidate-grounded agent (ranks, reformulates and asks).
         feedback_loop: Rewrites with feedback (``None``: feedback only filters hits).
         images: Id -> image, for captions of relevant hits.
         k: Hits returned per message.
@@ -380,6 +398,7 @@ class ChatSession:
         retriever: Retriever,
         *,
         questioner: Callable[[str, Sequence[DialogTurn]], str | None] | None = None,
+        agent: Any = None,
         feedback_loop: FeedbackLoop | None = None,
         images: Mapping[str, Any] | None = None,
         k: int = 10,
@@ -395,6 +414,7 @@ class ChatSession:
         self.max_log = max_log
         self.retriever = retriever
         self.questioner = questioner
+        self.agent = agent
         self.feedback_loop = feedback_loop
         self.images = images or {}
         self.k = k
@@ -446,20 +466,20 @@ class ChatSession:
             s.rewritten = self.feedback_loop.rewrite(base, caps) if caps else None
         else:
             s.rewritten = None
-        query = _query_text(s)
         hidden = set(s.irrelevant)
-        hits = self.retriever.retrieve([Query(text=query)], k=self.k + len(hidden))[0]
-        hits = [h for h in hits if h.id not in hidden][: self.k]
+        if self.agent is not None and not s.rewritten:
+            reply = self.agent.step(s.caption, _dialog(s), k=self.k + len(hidden))
+            query = reply.query
+            hits = [h for h in reply.hits if h.id not in hidden][: self.k]
+            if len(s.turns) < MAX_DIALOG_ROUNDS:
+                s.pending_question = _checked_question(reply.question)
+        else:
+            query = _query_text(s)
+            hits = self.retriever.retrieve([Query(text=query)], k=self.k + len(hidden))[0]
+            hits = [h for h in hits if h.id not in hidden][: self.k]
+            if self.questioner is not None and len(s.turns) < MAX_DIALOG_ROUNDS:
+                s.pending_question = _checked_question(self.questioner(s.caption, _dialog(s)))
         s.shown = [h.id for h in hits]
-        if self.questioner is not None and len(s.turns) < MAX_DIALOG_ROUNDS:
-            question = self.questioner(s.caption, _dialog(s))
-            if question is not None and not isinstance(question, str):
-                raise ModelOutputError(
-                    "the questioner returned something that is not text", question
-                )
-            if question is not None:
-                question = cap_output(question, MAX_QUESTION_CHARS, what="question")[0]
-            s.pending_question = question
         s.log.append({"message": text, "query": query, "hits": s.shown,
                       "question": s.pending_question})  # fmt: skip
         del s.log[: -self.max_log]

@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from vistrieve.query_rewriting.chat import ChatSession, GenericQuestioner, SessionState
+from vistrieve.query_rewriting.chat import ChatSession, SessionState
 from vistrieve.types import Hit, Item, Query
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,9 @@ def create_app(
         config: Limits and access policy (:class:`ServiceConfig`).
         store: A :class:`~vistrieve.service.store.ServiceStore` for the index journal and
             sessions (None: sessions in memory only, index changes not persisted).
-        questioner: Asks chat sessions' next question (default: generic questions).
+        questioner: Asks chat sessions' next question (default: the candidate-grounded
+            :class:`~vistrieve.query_rewriting.dialog_agent.DialogAgent`, which also ranks
+            with the answers).
         feedback_loop: An EIIRwQR :class:`~vistrieve.query_rewriting.chat.FeedbackLoop`;
             with it, hits marked relevant rewrite the next query.
         title: OpenAPI title.
@@ -247,7 +249,12 @@ def create_app(
     for attr in ("corpus", "add", "remove"):
         if not hasattr(retriever, attr):
             raise TypeError(f"the served first stage {type(retriever).__name__} has no {attr!r}")
-    ask = questioner if questioner is not None else GenericQuestioner()
+    ask = questioner
+    agent = None
+    if questioner is None:
+        from vistrieve.query_rewriting.dialog_agent import DialogAgent
+
+        agent = DialogAgent(target, cache_size=0)  # the served index changes
     lock = threading.RLock()
     sessions: OrderedDict[str, ChatSession] = OrderedDict()
     metrics = _Metrics()
@@ -417,6 +424,7 @@ def create_app(
         return ChatSession(
             target,
             questioner=ask,
+            agent=agent,
             feedback_loop=feedback_loop,
             images=_CorpusImages(retriever.corpus),
             k=k,
