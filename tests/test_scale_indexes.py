@@ -8,6 +8,17 @@ import pytest
 from vistrieve.indexes import INDEXES, ExactIndex, SQ8Index, create_index, load_index
 
 
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    """FAISS's OpenMP k-means crawls when the cores are shared; these tests are tiny."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -86,3 +97,64 @@ def test_sq8_rejects_l2_and_truncated_files(tmp_path) -> None:
     f.write_bytes(f.read_bytes()[:-40])
     with pytest.raises(ValueError):
         load_index(tmp_path / "i")
+
+
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, d)).astype(np.float32)
+    x = centres[rng.integers(0, 50, n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.slow  # about 45 s on 2 shared cores (three FAISS trainings)
+def test_ivf_disk_from_shards_is_memory_mapped_and_accurate(tmp_path) -> None:
+    from vistrieve.indexes import IVFDiskIndex, ShardedSearch, build_ivf_disk
+
+    x = _clustered(3000, 16)
+    shards = [(x[s : s + 500], [f"i{j}" for j in range(s, s + 500)]) for s in range(0, 3000, 500)]
+    index = build_ivf_disk(
+        iter(shards), tmp_path / "ivf", dim=16, nlist=16, m=4, nprobe=8, model="m", train_size=1000
+    )
+    assert isinstance(index, IVFDiskIndex) and len(index) == 3000
+    files = {f.name for f in (tmp_path / "ivf").iterdir()}
+    assert {"manifest.json", "index.faiss", "lists.ivfdata", "refine_codes.npy"} <= files
+    assert not any(f.startswith(".") for f in (p.name for p in tmp_path.iterdir()))  # no staging
+    q = x[:100] + 0.01
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    truth = _brute(x, q, 10)
+    _, pos = index.search_arrays(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)])
+    assert recall >= 0.9
+    reopened = load_index(tmp_path / "ivf", expected_model="m")
+    assert reopened.search(q[:1], 1)[0][0].id == index.search(q[:1], 1)[0][0].id
+    with pytest.raises(ValueError, match="read-only"):
+        reopened.add(x[:1], ["new"])
+    reopened.save(tmp_path / "copy")  # re-saving a memory-mapped index copies its lists
+    assert len(load_index(tmp_path / "copy")) == 3000
+
+    # Two shard indexes searched as one: the same top-k as one index over everything.
+    build_ivf_disk(iter(shards[:3]), tmp_path / "a", dim=16, nlist=8, m=4, nprobe=8)
+    build_ivf_disk(iter(shards[3:]), tmp_path / "b", dim=16, nlist=8, m=4, nprobe=8)
+    merged = ShardedSearch.load([tmp_path / "a", tmp_path / "b"])
+    hits = merged.search(q, 10)
+    got = [[int(h.id[1:]) for h in row] for row in hits]
+    recall = np.mean([len(set(a_) & set(b_)) / 10 for a_, b_ in zip(got, truth, strict=True)])
+    assert recall >= 0.9 and len(merged) == 3000
+    assert all(row[i].score >= row[i + 1].score for row in hits for i in range(9))
+
+
+def test_ivf_disk_in_memory_add_remove_and_budget_rule(tmp_path) -> None:
+    from vistrieve.indexes import choose_ivf_params
+
+    x = _clustered(1000, 16)
+    index = create_index("ivf_disk", dim=16, nlist=8, m=4)
+    index.add(x, [str(i) for i in range(1000)])
+    assert index.remove(["0"]) == 1
+    index.save(tmp_path / "i")
+    loaded = load_index(tmp_path / "i")
+    assert len(loaded) == 999 and loaded.search(x[5:6], 1)[0][0].id == "5"
+    p = choose_ivf_params(10_000_000, 256, memory_budget_bytes=4 * 2**30)
+    assert p["nlist"] == 16384 and p["m"] == 64 and 16 <= p["nprobe"] <= 256
+    assert choose_ivf_params(10_000_000, 256, memory_budget_bytes=2**30)["m"] < 64
+    with pytest.raises(ValueError, match="budget"):
+        choose_ivf_params(10_000_000, 256, memory_budget_bytes=10**6)

@@ -27,6 +27,8 @@ from vistrieve.indexes.base import BaseIndex, IndexMismatchError, read_index_man
 from vistrieve.indexes.binary import BinaryHashIndex
 from vistrieve.indexes.exact import ExactIndex
 from vistrieve.indexes.faiss_index import FaissIndex
+from vistrieve.indexes.ivf_disk import IVFDiskIndex, build_ivf_disk, choose_ivf_params
+from vistrieve.indexes.sharded import ShardedSearch
 from vistrieve.indexes.sq import SQ8Index
 from vistrieve.registry import Registry
 from vistrieve.types import Index
@@ -38,6 +40,7 @@ INDEXES.register("exact")(ExactIndex)
 INDEXES.register("faiss")(FaissIndex)
 INDEXES.register("binary")(BinaryHashIndex)
 INDEXES.register("sq8")(SQ8Index)
+INDEXES.register("ivf_disk")(IVFDiskIndex)
 
 
 def register_index_kind(kind: str, cls: type[BaseIndex]) -> None:
@@ -136,8 +139,12 @@ __all__ = [
     "BinaryHashIndex",
     "ExactIndex",
     "FaissIndex",
+    "IVFDiskIndex",
     "IndexMismatchError",
     "SQ8Index",
+    "ShardedSearch",
+    "build_ivf_disk",
+    "choose_ivf_params",
     "create_index",
     "index_kinds",
     "load_index",
