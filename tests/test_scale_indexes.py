@@ -135,7 +135,7 @@ def test_ivf_disk_from_shards_is_memory_mapped_and_accurate(tmp_path) -> None:
     # Two shard indexes searched as one: the same top-k as one index over everything.
     build_ivf_disk(iter(shards[:3]), tmp_path / "a", dim=16, nlist=8, m=4, nprobe=8)
     build_ivf_disk(iter(shards[3:]), tmp_path / "b", dim=16, nlist=8, m=4, nprobe=8)
-    merged = ShardedSearch.load([tmp_path / "a", tmp_path / "b"])
+    merged = ShardedSearch([load_index(tmp_path / "a"), load_index(tmp_path / "b")])
     hits = merged.search(q, 10)
     got = [[int(h.id[1:]) for h in row] for row in hits]
     recall = np.mean([len(set(a_) & set(b_)) / 10 for a_, b_ in zip(got, truth, strict=True)])

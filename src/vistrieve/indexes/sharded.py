@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,7 +19,7 @@ class ShardedSearch:
     when their manifests record one).
 
     Args:
-        shards: The indexes, e.g. ``[load_index(p) for p in paths]``.
+        shards: The indexes, e.g. ``[vistrieve.indexes.load_index(p) for p in paths]``.
 
     Raises:
         ValueError: no shards, or shards of different dimension, metric or model.
@@ -52,13 +51,6 @@ class ShardedSearch:
         self.shards = list(shards)
         self.dim = first.dim
 
-    @classmethod
-    def load(cls, paths: Sequence[str | os.PathLike[str]], **kw: object) -> ShardedSearch:
-        """Load every index directory in ``paths`` (keywords go to ``load_index``)."""
-        from vistrieve.indexes import load_index
-
-        return cls([load_index(p, **kw) for p in paths])  # type: ignore[arg-type]
-
     def __len__(self) -> int:
         return sum(len(s) for s in self.shards)
 
@@ -83,7 +75,7 @@ class ShardedSearch:
         return [
             [
                 Hit(ids[key >> 40][key & ((1 << 40) - 1)], sc)
-                for sc, key in zip(srow, krow)
+                for sc, key in zip(srow, krow, strict=True)
                 if key >= 0
             ]
             for srow, krow in zip(scores.tolist(), keys.tolist(), strict=True)
