@@ -488,6 +488,7 @@ def build_ivf_disk(
         del merged
         index._index = None
         index._codes = np.empty((0, dim), dtype=np.int8)
+        index._ids, index._pos = [], {}  # free them before the reopened copy is read
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return IVFDiskIndex.load(target)
