@@ -5,7 +5,9 @@ records; :func:`create_index` builds an empty one from a short spec and :func:`l
 reopens any saved one by dispatching on its manifest.
 
 Index specs: ``"exact"`` (float32), ``"exact:float16"``, and ``"faiss:<factory string>"``
-for any FAISS index-factory string (``"faiss:HNSW32"``, ``"faiss:IVF256,PQ16"``). Binary
+for any FAISS index-factory string (``"faiss:HNSW32"``, ``"faiss:IVF256,PQ16"``),
+``"sq8"`` (8-bit codes, float re-scoring) and ``"ivf_disk"`` (IVF-PQ, inverted lists on
+disk; built from shards with :func:`~vistrieve.indexes.ivf_disk.build_ivf_disk`). Binary
 hash-code indexes (``"binary"``) are built by :class:`~vistrieve.indexes.binary.BinaryHashIndex`
 directly (they need a bit count, not a dimension).
 
@@ -25,6 +27,9 @@ from vistrieve.indexes.base import BaseIndex, IndexMismatchError, read_index_man
 from vistrieve.indexes.binary import BinaryHashIndex
 from vistrieve.indexes.exact import ExactIndex
 from vistrieve.indexes.faiss_index import FaissIndex
+from vistrieve.indexes.ivf_disk import IVFDiskIndex, build_ivf_disk, choose_ivf_params
+from vistrieve.indexes.sharded import ShardedSearch
+from vistrieve.indexes.sq import SQ8Index
 from vistrieve.registry import Registry
 from vistrieve.types import Index
 
@@ -34,6 +39,8 @@ INDEXES: Registry[BaseIndex] = Registry("index")
 INDEXES.register("exact")(ExactIndex)
 INDEXES.register("faiss")(FaissIndex)
 INDEXES.register("binary")(BinaryHashIndex)
+INDEXES.register("sq8")(SQ8Index)
+INDEXES.register("ivf_disk")(IVFDiskIndex)
 
 
 def register_index_kind(kind: str, cls: type[BaseIndex]) -> None:
@@ -132,7 +139,12 @@ __all__ = [
     "BinaryHashIndex",
     "ExactIndex",
     "FaissIndex",
+    "IVFDiskIndex",
     "IndexMismatchError",
+    "SQ8Index",
+    "ShardedSearch",
+    "build_ivf_disk",
+    "choose_ivf_params",
     "create_index",
     "index_kinds",
     "load_index",

@@ -1,11 +1,13 @@
 """The shared base of every vector index: string ids, validation, manifests, save and load.
 
-On a 2-core CPU faiss-cpu's ``IndexFlatIP`` is several times slower than a blocked
-``torch.matmul`` + ``torch.topk`` over the same data, so exact search never goes through
-FAISS here: :class:`ExactIndex` keeps the vectors in a torch tensor and scans them block by
-block with a running top-k merge. :class:`FaissIndex` takes any FAISS index-factory string
-(``"HNSW32"``, ``"IVF256,Flat"``, ``"IVF1024,PQ16"`` ...) for approximate search; FAISS is
-imported lazily, as sentence-transformers' ``quantization.py`` does.
+Exact search (:class:`ExactIndex`) delegates batches of float32 queries to FAISS's
+brute-force ``knn`` (the ``IndexFlatIP`` code path) and scans one or a few queries, or
+float16 storage, with a blocked ``torch.matmul`` + top-k merge; ``SQ8Index`` (kind
+``"sq8"``) stores 8-bit codes and re-scores its best candidates in float.
+:class:`FaissIndex` takes any FAISS index-factory string (``"HNSW32"``, ``"IVF256,Flat"``,
+``"IVF1024,PQ16"`` ...) for approximate search, and ``IVFDiskIndex`` (kind ``"ivf_disk"``)
+keeps IVF-PQ inverted lists on disk, memory-mapped. FAISS is imported lazily, as
+sentence-transformers' ``quantization.py`` does.
 
 Both derive from :class:`BaseIndex`, which holds the bookkeeping any index kind shares
 (including a binary-code Hamming index built on FAISS ``IndexBinary*``): string ids mapped

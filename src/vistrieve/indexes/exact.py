@@ -1,7 +1,10 @@
 """Exact inner-product search: vectors in a torch tensor, scanned block by block.
 
-:class:`ExactIndex` keeps float32 (or float16) vectors and answers with a blocked
-``torch.matmul`` + top-k merge; small query batches use torch, large ones numpy's BLAS.
+:class:`ExactIndex` keeps float32 (or float16) vectors. Batches of more than 8 float32
+queries are delegated to FAISS's brute-force ``knn`` (the ``IndexFlatIP`` code path, on the
+stored buffer without a copy); one or a few queries, and float16 storage, are answered by
+a blocked ``torch.matmul`` + top-k merge. Either way the index adds string ids, a ``k``
+clamped to its size, input checks and a deterministic order of equal scores.
 """
 
 from __future__ import annotations
@@ -196,6 +199,43 @@ class ExactIndex(BaseIndex):
         return self._buf[pos].float().numpy()
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._torch_dtype == torch.float32 and queries.shape[0] > _FEW_QUERIES:
+            return self._search_faiss(queries, k)
+        return self._search_torch(queries, k)
+
+    def _search_faiss(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batched float32 search delegated to FAISS's brute-force ``knn`` (the code path of
+        ``IndexFlatIP`` / ``IndexFlatL2``, run on the stored buffer without a copy), then
+        ordered deterministically: score descending, position ascending.
+
+        FAISS picks arbitrarily among equal scores at the k-th place, so it is asked for
+        ``k + 1`` results; rows where the last two tie (duplicate vectors) are redone by the
+        torch path, which breaks ties towards the earlier item.
+        """
+        import faiss
+
+        n = len(self)
+        kk = min(k + 1, n)
+        data = self._buf[:n].numpy()
+        if self.metric == "ip":
+            scores, pos = faiss.knn(queries, data, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        else:
+            dist, pos = faiss.knn(queries, data, kk, metric=faiss.METRIC_L2)
+            scores = -dist
+        scores = np.asarray(scores, dtype=np.float32)
+        pos = np.asarray(pos, dtype=np.int64)
+        order = np.lexsort((pos, -scores), axis=1)
+        scores = np.take_along_axis(scores, order, 1)
+        pos = np.take_along_axis(pos, order, 1)
+        if kk > k:
+            tied = np.flatnonzero(scores[:, k] == scores[:, k - 1])
+            scores, pos = scores[:, :k].copy(), pos[:, :k].copy()
+            if len(tied):
+                ts, tp = self._search_torch(np.ascontiguousarray(queries[tied]), k)
+                scores[tied], pos[tied] = ts, tp
+        return scores, pos
+
+    def _search_torch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n, nq = len(self), queries.shape[0]
         qb, db = min(self.query_block, nq), min(self.db_block, n)
         if self._torch_dtype != torch.float32:

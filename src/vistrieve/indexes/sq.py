@@ -1,0 +1,294 @@
+"""Scalar-quantised flat search: an 8-bit scan in RAM, float re-scoring from disk.
+
+:class:`SQ8Index` (kind ``"sq8"``) answers in two stages:
+
+1. **Scan**: every vector is quantised to int8 with one scale per vector (symmetric:
+   ``x ~= codes * scale``) and held in RAM packed for FBGEMM's int8 GEMM
+   (``torch.ops.quantized.linear_dynamic``: the queries are quantised to 8 bits on the fly),
+   which does about twice the multiply-adds per cycle of a float32 GEMM on AVX2 CPUs. The
+   best ``candidates`` positions per query are kept. Where FBGEMM is missing (non-x86
+   builds) each block is decoded to float32 and multiplied in float.
+2. **Re-scoring**: the candidates' float32 vectors are read from a memory-mapped file (the
+   index directory's ``vectors.npy``, or a spill file while the index is built in memory)
+   and scored exactly; the best ``k`` are returned (score descending, position ascending).
+
+RAM: about ``dim + 20`` bytes per vector (the packed codes, scales and FBGEMM's column
+offsets), a quarter of float32 storage; the float32 vectors stay on disk, and only the
+pages of re-scored candidates are read. Scores are exact inner products; the ranking
+recall against exact search is measured by ``benchmarks/bench_exact_search.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from vistrieve.indexes.base import BaseIndex, Metric
+from vistrieve.utils.io import atomic_write
+
+logger = logging.getLogger(__name__)
+
+_FEW_QUERIES = 8
+
+
+def _fbgemm_available() -> bool:
+    try:
+        return "fbgemm" in torch.backends.quantized.supported_engines
+    except Exception:  # pragma: no cover - exotic builds
+        return False
+
+
+def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8 quantisation of a float array.
+
+    Returns:
+        ``(codes, scales)``: int8 (n, d) in [-127, 127] and float32 (n,), with
+        ``x ~= codes * scales[:, None]``; an all-zero row gets scale 1.
+    """
+    peak = np.abs(x).max(axis=1) if x.size else np.zeros((len(x),), np.float32)
+    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(x / scales[:, None]), -127, 127).astype(np.int8)
+    return codes, scales
+
+
+class SQ8Index(BaseIndex):
+    """Flat inner-product index: int8 scan in RAM, exact float re-scoring of the candidates.
+
+    Args:
+        dim: Vector dimension.
+        metric: ``"ip"`` only (normalise vectors for cosine similarity).
+        model: Encoder name recorded in the manifest.
+        candidates: Candidates per query kept by the int8 scan and re-scored in float;
+            at least ``k`` are always kept. More is slower and closer to exact search.
+        query_block: Queries scanned at once.
+        db_block: Database rows per packed block.
+        spill_dir: Directory of the float32 spill file used while the index is built in
+            memory (default: the system temporary directory); the file is deleted when the
+            index is garbage-collected.
+
+    Example:
+        >>> index = SQ8Index(4)
+        >>> index.add(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
+        >>> [h.id for h in index.search(np.array([[0, 1, 0.5, 0]], np.float32), 2)[0]]
+        ['b', 'c']
+    """
+
+    kind: ClassVar[str] = "sq8"
+    metrics: ClassVar[tuple[str, ...]] = ("ip",)
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        metric: Metric = "ip",
+        model: str | None = None,
+        candidates: int = 100,
+        query_block: int = 1024,
+        db_block: int = 65536,
+        spill_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(dim, metric=metric, model=model)
+        for name, value in (
+            ("candidates", candidates),
+            ("query_block", query_block),
+            ("db_block", db_block),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.candidates = candidates
+        self.query_block = query_block
+        self.db_block = db_block
+        self.spill_dir = spill_dir
+        self._vectors: np.ndarray = np.empty((0, self.dim), dtype=np.float32)
+        self._spill: Any = None  # the open spill file, when vectors live there
+        self._scales = np.empty((0,), dtype=np.float32)
+        self._packed: list[Any] = []  # FBGEMM-packed int8 blocks of db_block rows
+
+    def __del__(self) -> None:
+        spill = getattr(self, "_spill", None)
+        if spill is not None:
+            self._vectors = np.empty((0, self.dim), dtype=np.float32)
+            spill.close()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of RAM held for the scan: packed int8 codes (plus FBGEMM's per-row column
+        offset, scale and zero point, about 20 bytes) and the float32 scales."""
+        n = len(self)
+        return int(n * (self.dim + 20) + self._scales[:n].nbytes)
+
+    def _manifest_extra(self) -> dict[str, Any]:
+        return {"candidates": self.candidates}
+
+    @classmethod
+    def _from_manifest(cls, manifest: dict[str, Any]) -> BaseIndex:
+        return cls(
+            manifest["dim"],
+            metric=manifest["metric"],
+            model=manifest.get("model"),
+            candidates=int(manifest.get("candidates", 100)),
+        )
+
+    # -- storage -----------------------------------------------------------------------
+    def _resize_spill(self, rows: int) -> None:
+        """Make the float32 store a writable spill file of ``rows`` rows (data kept)."""
+        n = len(self)
+        if self._spill is None:
+            old = self._vectors[:n]
+            self._spill = tempfile.TemporaryFile(dir=self.spill_dir)
+            self._spill.truncate(max(1, rows) * self.dim * 4)
+            mm = np.memmap(self._spill, dtype=np.float32, mode="r+", shape=(max(1, rows), self.dim))
+            mm[:n] = old
+        else:
+            self._spill.truncate(max(1, rows) * self.dim * 4)
+            mm = np.memmap(self._spill, dtype=np.float32, mode="r+", shape=(max(1, rows), self.dim))
+        self._vectors = mm
+
+    def _add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        n, m = len(self), len(vectors)
+        _, scales = quantize_rows(vectors)
+        if self._spill is None or n + m > self._vectors.shape[0]:
+            cap = n + m if n == 0 else max(n + m, self._vectors.shape[0] * 3 // 2)
+            self._resize_spill(cap)
+            sc = np.empty((cap,), dtype=np.float32)
+            sc[:n] = self._scales[:n]
+            self._scales = sc
+        self._vectors[n : n + m] = vectors
+        self._scales[n : n + m] = scales
+        del self._packed[n // self.db_block :]
+
+    def _remove(self, positions: np.ndarray, labels: np.ndarray) -> None:
+        n = len(self)
+        keep = np.ones(n, dtype=bool)
+        keep[positions] = False
+        kept = int(keep.sum())
+        if self._spill is None:
+            self._resize_spill(n)
+        first = int(positions.min())
+        self._vectors[first:kept] = self._vectors[first:n][keep[first:]]
+        self._scales[first:kept] = self._scales[first:n][keep[first:]]
+        del self._packed[first // self.db_block :]
+
+    def reconstruct(self, ids: list[str]) -> np.ndarray:
+        """The stored float32 vectors of ``ids``: (len(ids), dim)."""
+        return np.asarray(self._vectors[self._positions_of(ids)], dtype=np.float32)
+
+    # -- search ------------------------------------------------------------------------
+    def _codes(self, ds: int, de: int) -> np.ndarray:
+        x = np.asarray(self._vectors[ds:de], dtype=np.float32)
+        return np.clip(np.rint(x / self._scales[ds:de, None]), -127, 127).astype(np.int8)
+
+    def _block(self, b: int) -> Any:
+        """FBGEMM-packed int8 codes of block ``b`` (packed once, kept until rows change)."""
+        while len(self._packed) <= b:
+            ds = len(self._packed) * self.db_block
+            de = min(ds + self.db_block, len(self))
+            codes = torch.from_numpy(self._codes(ds, de))
+            scales = torch.from_numpy(self._scales[ds:de]).double()
+            zeros = torch.zeros(de - ds, dtype=torch.int64)
+            w = torch._make_per_channel_quantized_tensor(codes, scales, zeros, 0)
+            self._packed.append(torch.ops.quantized.linear_prepack(w, None))
+        return self._packed[b]
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n, nq = len(self), queries.shape[0]
+        c = min(n, max(k, self.candidates))
+        use_int8 = _fbgemm_available()
+        db = self.db_block
+        qb = min(self.query_block, nq)
+        q_all = torch.from_numpy(queries)
+        best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * -(-nq // qb)
+        with torch.inference_mode():
+            for blk, ds in enumerate(range(0, n, db)):
+                de = min(ds + db, n)
+                packed = self._block(blk) if use_int8 else None
+                block = None
+                if packed is None:
+                    block = torch.from_numpy(self._codes(ds, de)).float()
+                    block *= torch.from_numpy(self._scales[ds:de])[:, None]
+                for b, qs in enumerate(range(0, nq, qb)):
+                    q = q_all[qs : qs + qb]
+                    if packed is not None:
+                        s = torch.ops.quantized.linear_dynamic(q, packed)
+                    else:
+                        assert block is not None
+                        s = q @ block.T
+                    bs, bp = torch.topk(s, min(c, de - ds), dim=1, largest=True, sorted=False)
+                    bp = bp + ds
+                    prev = best[b]
+                    if prev is not None:
+                        cs = torch.cat([prev[0], bs], 1)
+                        cp = torch.cat([prev[1], bp], 1)
+                        cs, top = torch.topk(cs, min(c, cs.shape[1]), dim=1, sorted=False)
+                        bs, bp = cs, cp.gather(1, top)
+                    best[b] = (bs, bp)
+        cand = np.concatenate([entry[1].numpy() for entry in best if entry is not None])
+        return self._rescore(queries, cand, k)
+
+    def _rescore(
+        self, queries: np.ndarray, cand: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact float scores of the candidate positions, best ``k`` first (ties: lower
+        position)."""
+        out_s = np.empty((len(queries), k), dtype=np.float32)
+        out_p = np.empty((len(queries), k), dtype=np.int64)
+        step = max(1, (64 * 2**20) // max(1, cand.shape[1] * self.dim * 4))
+        for qs in range(0, len(queries), step):
+            p = cand[qs : qs + step]
+            flat = p.ravel()
+            order = np.argsort(flat, kind="stable")  # sequential reads of the file
+            vecs = np.empty((len(flat), self.dim), dtype=np.float32)
+            vecs[order] = self._vectors[flat[order]]
+            scores = np.einsum(
+                "bcd,bd->bc", vecs.reshape(*p.shape, self.dim), queries[qs : qs + step]
+            )
+            top = np.lexsort((p, -scores), axis=1)[:, :k]
+            out_s[qs : qs + step] = np.take_along_axis(scores, top, 1)
+            out_p[qs : qs + step] = np.take_along_axis(p, top, 1)
+        return out_s, out_p
+
+    # -- persistence -------------------------------------------------------------------
+    def _save_payload(self, directory: Path) -> list[Path]:
+        n = len(self)
+        f = directory / "vectors.npy"
+
+        def _write(p: Path) -> None:
+            header = np.lib.format.open_memmap(p, mode="w+", dtype=np.float32, shape=(n, self.dim))
+            for s in range(0, n, self.db_block):
+                header[s : s + self.db_block] = self._vectors[s : min(s + self.db_block, n)]
+            header.flush()
+            del header
+
+        atomic_write(f, _write)
+        return [f]
+
+    def _load_payload(self, directory: Path, manifest: dict[str, Any]) -> None:
+        f = directory / "vectors.npy"
+        if not f.is_file():
+            raise FileNotFoundError(f"missing array file {f}")
+        try:
+            arr = np.load(f, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ValueError(
+                f"cannot read array file {f}: it is truncated or corrupt ({exc})"
+            ) from exc
+        count, dim = manifest["count"], manifest["dim"]
+        if arr.shape != (count, dim) or arr.dtype != np.float32:
+            raise ValueError(
+                f"{f} holds {arr.shape} {arr.dtype}; the manifest says ({count}, {dim}) "
+                "float32; rebuild the index"
+            )
+        self._vectors = arr
+        self._spill = None
+        self._scales = np.empty((count,), dtype=np.float32)
+        for s in range(0, count, self.db_block):
+            _, self._scales[s : s + self.db_block] = quantize_rows(
+                np.asarray(arr[s : s + self.db_block], dtype=np.float32)
+            )
+        self._packed = []

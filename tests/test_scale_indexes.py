@@ -1,0 +1,160 @@
+"""Exact search through FAISS, the sq8 index and the on-disk IVF-PQ index built from shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vistrieve.indexes import INDEXES, ExactIndex, SQ8Index, create_index, load_index
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    """FAISS's OpenMP k-means crawls when the cores are shared; these tests are tiny."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _brute(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    s = q @ x.T
+    return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_exact_batch_path_matches_torch_path_and_breaks_ties_by_position(metric: str) -> None:
+    x = _unit(500, 16)
+    x[300] = x[10]  # duplicates: equal scores at the cut
+    x[301] = x[10]
+    index = ExactIndex(16, metric=metric)  # type: ignore[arg-type]
+    index.add(x, [f"v{i}" for i in range(500)])
+    q = np.concatenate([x[10:11], _unit(40, 16, seed=1)])  # > 8 queries: the FAISS path
+    s_batch, p_batch = index.search_arrays(q, 2)
+    s_torch, p_torch = index._search_torch(q, 2)
+    np.testing.assert_array_equal(p_batch, p_torch)
+    np.testing.assert_allclose(s_batch, s_torch, rtol=1e-5, atol=1e-5)
+    assert p_batch[0].tolist() == [10, 300]  # tie at the cut: the earlier items win
+
+
+def test_exact_batch_path_clamps_k_and_pads() -> None:
+    index = ExactIndex(8)
+    index.add(_unit(5, 8), list("abcde"))
+    scores, pos = index.search_arrays(_unit(20, 8, seed=2), 7)
+    assert pos.shape == (20, 7) and (pos[:, 5:] == -1).all() and np.isinf(scores[:, 5:]).all()
+
+
+def test_sq8_is_registered_and_close_to_exact() -> None:
+    assert "sq8" in INDEXES
+    x, q = _unit(3000, 32), _unit(50, 32, seed=3)
+    index = create_index("sq8", dim=32)
+    assert isinstance(index, SQ8Index)
+    index.add(x, [str(i) for i in range(3000)])
+    for nq in (1, 50):  # float path and int8 path
+        _, pos = index.search_arrays(q[:nq], 10)
+        truth = _brute(x, q[:nq], 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)])
+        assert recall >= 0.99
+    scores, pos = index.search_arrays(q, 3)
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ x.T, pos, 1), rtol=1e-5, atol=1e-6)
+    assert index.nbytes < x.nbytes / 2
+
+
+def test_sq8_add_remove_save_load_roundtrip(tmp_path) -> None:
+    x = _unit(400, 16)
+    index = SQ8Index(16, db_block=128, candidates=20)
+    index.add(x[:200], [str(i) for i in range(200)])
+    index.search_arrays(x[:10], 5)  # packs blocks; later adds must invalidate them
+    index.add(x[200:], [str(i) for i in range(200, 400)])
+    assert index.search(x[350:351], 1)[0][0].id == "350"
+    assert index.remove(["0", "350"]) == 2
+    assert index.search(x[351:352], 1)[0][0].id == "351"
+    index.save(tmp_path / "idx")
+    loaded = load_index(tmp_path / "idx")
+    assert isinstance(loaded, SQ8Index) and len(loaded) == 398 and loaded.candidates == 20
+    np.testing.assert_allclose(loaded.reconstruct(["5"]), x[5:6])
+    assert loaded.search(x[5:6], 1)[0][0].id == "5"
+    loaded.add(x[:1], ["new"])  # a loaded (read-only, memory-mapped) index still takes adds
+    assert loaded.search(x[:1], 1)[0][0].id == "new"
+    loaded.remove(["new"])
+    assert len(loaded) == 398
+
+
+def test_sq8_rejects_l2_and_truncated_files(tmp_path) -> None:
+    with pytest.raises(ValueError, match="metric"):
+        SQ8Index(8, metric="l2")
+    index = SQ8Index(8)
+    index.add(_unit(10, 8), [str(i) for i in range(10)])
+    index.save(tmp_path / "i")
+    f = tmp_path / "i" / "vectors.npy"
+    f.write_bytes(f.read_bytes()[:-40])
+    with pytest.raises(ValueError):
+        load_index(tmp_path / "i")
+
+
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, d)).astype(np.float32)
+    x = centres[rng.integers(0, 50, n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.slow  # about 45 s on 2 shared cores (three FAISS trainings)
+def test_ivf_disk_from_shards_is_memory_mapped_and_accurate(tmp_path) -> None:
+    from vistrieve.indexes import IVFDiskIndex, ShardedSearch, build_ivf_disk
+
+    x = _clustered(3000, 16)
+    shards = [(x[s : s + 500], [f"i{j}" for j in range(s, s + 500)]) for s in range(0, 3000, 500)]
+    index = build_ivf_disk(
+        iter(shards), tmp_path / "ivf", dim=16, nlist=16, m=4, nprobe=8, model="m", train_size=1000
+    )
+    assert isinstance(index, IVFDiskIndex) and len(index) == 3000
+    files = {f.name for f in (tmp_path / "ivf").iterdir()}
+    assert {"manifest.json", "index.faiss", "lists.ivfdata", "refine_codes.npy"} <= files
+    assert not any(f.startswith(".") for f in (p.name for p in tmp_path.iterdir()))  # no staging
+    q = x[:100] + 0.01
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    truth = _brute(x, q, 10)
+    _, pos = index.search_arrays(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)])
+    assert recall >= 0.9
+    reopened = load_index(tmp_path / "ivf", expected_model="m")
+    assert reopened.search(q[:1], 1)[0][0].id == index.search(q[:1], 1)[0][0].id
+    with pytest.raises(ValueError, match="read-only"):
+        reopened.add(x[:1], ["new"])
+    reopened.save(tmp_path / "copy")  # re-saving a memory-mapped index copies its lists
+    assert len(load_index(tmp_path / "copy")) == 3000
+
+    # Two shard indexes searched as one: the same top-k as one index over everything.
+    build_ivf_disk(iter(shards[:3]), tmp_path / "a", dim=16, nlist=8, m=4, nprobe=8)
+    build_ivf_disk(iter(shards[3:]), tmp_path / "b", dim=16, nlist=8, m=4, nprobe=8)
+    merged = ShardedSearch([load_index(tmp_path / "a"), load_index(tmp_path / "b")])
+    hits = merged.search(q, 10)
+    got = [[int(h.id[1:]) for h in row] for row in hits]
+    recall = np.mean([len(set(a_) & set(b_)) / 10 for a_, b_ in zip(got, truth, strict=True)])
+    assert recall >= 0.9 and len(merged) == 3000
+    assert all(row[i].score >= row[i + 1].score for row in hits for i in range(9))
+
+
+def test_ivf_disk_in_memory_add_remove_and_budget_rule(tmp_path) -> None:
+    from vistrieve.indexes import choose_ivf_params
+
+    x = _clustered(1000, 16)
+    index = create_index("ivf_disk", dim=16, nlist=8, m=4)
+    index.add(x, [str(i) for i in range(1000)])
+    assert index.remove(["0"]) == 1
+    index.save(tmp_path / "i")
+    loaded = load_index(tmp_path / "i")
+    assert len(loaded) == 999 and loaded.search(x[5:6], 1)[0][0].id == "5"
+    p = choose_ivf_params(10_000_000, 256, memory_budget_bytes=4 * 2**30)
+    assert p["nlist"] == 16384 and p["m"] == 64 and 16 <= p["nprobe"] <= 256
+    assert choose_ivf_params(10_000_000, 256, memory_budget_bytes=2**30)["m"] < 64
+    with pytest.raises(ValueError, match="budget"):
+        choose_ivf_params(10_000_000, 256, memory_budget_bytes=10**6)
