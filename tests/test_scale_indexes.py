@@ -44,11 +44,13 @@ def test_exact_batch_path_matches_torch_path_and_breaks_ties_by_position(metric:
     assert p_batch[0].tolist() == [10, 300]  # tie at the cut: the earlier items win
 
 
-def test_exact_batch_path_clamps_k_and_pads() -> None:
+def test_exact_batch_path_clamps_k_to_the_index_size() -> None:
     index = ExactIndex(8)
     index.add(_unit(5, 8), list("abcde"))
     scores, pos = index.search_arrays(_unit(20, 8, seed=2), 7)
-    assert pos.shape == (20, 7) and (pos[:, 5:] == -1).all() and np.isinf(scores[:, 5:]).all()
+    assert pos.shape == scores.shape == (20, 5)
+    assert all(sorted(row) == [0, 1, 2, 3, 4] for row in pos.tolist())
+    assert np.isfinite(scores).all()
 
 
 def test_sq8_is_registered_and_close_to_exact() -> None:

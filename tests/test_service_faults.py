@@ -151,9 +151,9 @@ def test_sessions_are_bounded_and_survive_a_restart(index_dir, tmp_path, encoder
         assert c.post(f"/sessions/{sid}/messages", json={"text": "a red circle"}).status_code == 200
         statuses = [
             c.post(f"/sessions/{sid}/messages", json={"text": "more detail " * 30}).status_code
-            for _ in range(10)
+            for _ in range(30)  # answers to the agent's questions (at most 20), then additions
         ]
-        assert 400 in statuses  # the description is capped; the session is not
+        assert 400 in statuses  # the dialog and the description are capped; the session is not
         body = c.get(f"/sessions/{sid}").json()
         assert len(body["caption"]) <= 1000 and len(body["log"]) <= 50
     store.close()
