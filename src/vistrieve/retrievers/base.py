@@ -502,6 +502,38 @@ class IndexedRetriever:
         skipped.sort(key=lambda r: order[r["id"]])
         return emb, [todo[i].id for i in ok], skipped
 
+    def _fill(
+        self,
+        corpus: Corpus,
+        report: BuildReport,
+        t0: float,
+        *,
+        directory: str | os.PathLike[str] | None,
+        resume: bool,
+        chunk_size: int,
+        max_image_pixels: int | None,
+        index_captions: bool,
+    ) -> None:
+        """Encode a new retriever's corpus (images, then captions when asked) and save it.
+
+        The shared tail of every ``build``: the images go through :meth:`_encode_corpus`
+        (resumable chunks), the captions into the text index, which is dropped when the
+        corpus has none; the report's time is set and the retriever saved to ``directory``.
+        """
+        self._encode_corpus(
+            corpus,
+            report,
+            directory=directory,
+            resume=resume,
+            chunk_size=chunk_size,
+            max_image_pixels=max_image_pixels,
+        )
+        if index_captions:
+            self._index_captions(corpus, report)
+            if self.text_index is not None and not len(self.text_index):
+                self.text_index = None
+        self._finish_build(report, t0, directory)
+
     def _index_captions(self, corpus: Mapping[str, Item], report: BuildReport) -> None:
         texts, _ = Corpus(corpus).caption_pairs()
         if texts and self.text_index is not None:

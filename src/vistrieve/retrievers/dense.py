@@ -125,19 +125,16 @@ class DenseRetriever(IndexedRetriever):
             text_index=text_index if index_captions else None,
             **kwargs,
         )
-        retriever._encode_corpus(
+        retriever._fill(
             corpus,
             report,
+            t0,
             directory=directory,
             resume=resume,
             chunk_size=chunk_size,
             max_image_pixels=max_image_pixels,
+            index_captions=index_captions,
         )
-        if index_captions:
-            retriever._index_captions(corpus, report)
-            if not len(text_index):
-                retriever.text_index = None
-        retriever._finish_build(report, t0, directory)
         return retriever
 
     # ------------------------------------------------------------------ hooks

@@ -163,19 +163,16 @@ class HashRetriever(IndexedRetriever):
             rescore=rescore,
             **kwargs,
         )
-        r._encode_corpus(
+        r._fill(
             corpus,
             report,
+            t0,
             directory=directory,
             resume=resume,
             chunk_size=chunk_size,
             max_image_pixels=max_image_pixels,
+            index_captions=index_captions,
         )
-        if index_captions:
-            r._index_captions(corpus, report)
-            if not len(text_index):
-                r.text_index = None
-        r._finish_build(report, t0, directory)
         return r
 
     # ------------------------------------------------------------------ hooks
