@@ -637,3 +637,118 @@ def test_dialog_errors(tmp_path: Path) -> None:
         load_chatir_dialogs(no_img, tmp_path)
     with pytest.raises(FileNotFoundError, match="check_images=False"):
         load_chatir_dialogs(write_json(tmp_path / "c.json", CHATIR), tmp_path)
+
+
+# ----------------------------------------------------------------------------- COCO, CSV
+def _coco(tmp_path: Path) -> Path:
+    for name in ("000000000001.jpg", "000000000002.jpg", "000000000003.jpg"):
+        touch(tmp_path / "val2017" / name)
+    return write_json(
+        tmp_path / "captions_val2017.json",
+        {
+            "info": {},
+            "images": [
+                {"id": 2, "file_name": "000000000002.jpg", "width": 1, "height": 1},
+                {"id": 1, "file_name": "000000000001.jpg"},
+                {"id": 3, "file_name": "000000000003.jpg"},  # no caption: left out
+            ],
+            "annotations": [
+                {"id": 10, "image_id": 1, "caption": " A dog on a sofa. "},
+                {"id": 11, "image_id": 2, "caption": "Two bikes."},
+                {"id": 12, "image_id": 1, "caption": "A brown dog."},
+                {"id": 13, "image_id": 1, "caption": "   "},  # blank: dropped
+                {"id": 14, "image_id": 1, "caption": "A dog resting."},
+            ],
+        },
+    )
+
+
+def test_coco_captions_keep_the_files_image_order_and_strip_captions(tmp_path: Path) -> None:
+    from vistrieve.evals.datasets import load_coco_captions
+
+    corpus = load_coco_captions(_coco(tmp_path), tmp_path / "val2017")
+    assert list(corpus) == ["000000000002.jpg", "000000000001.jpg"]
+    dog = corpus["000000000001.jpg"]
+    assert dog.captions == ("A dog on a sofa.", "A brown dog.", "A dog resting.")
+    assert dog.metadata["coco_id"] == 1
+    assert Path(str(dog.image)) == tmp_path / "val2017" / "000000000001.jpg"
+    two = load_coco_captions(_coco(tmp_path), tmp_path / "val2017", max_captions=2)
+    assert two["000000000001.jpg"].captions == ("A dog on a sofa.", "A brown dog.")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"dataset": "coco", "images": []}, "Karpathy split file"),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.jpg"}],
+                "annotations": [{"image_id": 7, "caption": "x"}],
+            },
+            "image_id 7 is not in 'images'",
+        ),
+        ({"images": [{"id": 1}], "annotations": []}, "file_name"),
+        (
+            {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": []},
+            "no image has a caption",
+        ),
+    ],
+)
+def test_coco_captions_errors_name_the_file_and_the_problem(
+    tmp_path: Path, content: Any, message: str
+) -> None:
+    from vistrieve.evals.datasets import load_coco_captions
+
+    path = write_json(tmp_path / "bad.json", content)
+    with pytest.raises(DatasetFormatError, match=message) as info:
+        load_coco_captions(path, tmp_path, check_images=False)
+    assert "bad.json" in str(info.value)
+
+
+def test_coco_captions_missing_image_fails_unless_unchecked(tmp_path: Path) -> None:
+    from vistrieve.evals.datasets import load_coco_captions
+
+    path = _coco(tmp_path)
+    (tmp_path / "val2017" / "000000000002.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="000000000002.jpg"):
+        load_coco_captions(path, tmp_path / "val2017")
+    assert len(load_coco_captions(path, tmp_path / "val2017", check_images=False)) == 2
+
+
+def test_captions_csv_groups_rows_by_image_and_reads_quoted_commas(tmp_path: Path) -> None:
+    from vistrieve.evals.datasets import load_captions_csv
+
+    touch(tmp_path / "imgs" / "a.jpg")
+    touch(tmp_path / "imgs" / "sub" / "b.png")
+    csv_path = tmp_path / "caps.csv"
+    csv_path.write_text(
+        '\ufeffFile_Name,Text\na.jpg,"a dog, running"\nsub/b.png,a cat\n\na.jpg,"say ""hi"""\n',
+        encoding="utf-8",
+    )
+    corpus = load_captions_csv(csv_path, tmp_path / "imgs")
+    assert list(corpus) == ["a.jpg", "sub/b.png"]
+    assert corpus["a.jpg"].captions == ("a dog, running", 'say "hi"')
+    assert Path(str(corpus["sub/b.png"].image)) == tmp_path / "imgs" / "sub" / "b.png"
+    # without image_dir, paths resolve against the CSV's folder
+    (tmp_path / "local.csv").write_text("image,caption\nimgs/a.jpg,x\n", encoding="utf-8")
+    assert list(load_captions_csv(tmp_path / "local.csv")) == ["imgs/a.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("picture,words\na.jpg,x\n", "expected a header with an image column"),
+        ("image,caption\na.jpg,\n", "line 2: empty caption"),
+        ("image,caption\n,a caption\n", "line 2: empty image"),
+        ("image,caption\n", "no captions after the header"),
+    ],
+)
+def test_captions_csv_errors_name_the_line(tmp_path: Path, text: str, message: str) -> None:
+    from vistrieve.evals.datasets import load_captions_csv
+
+    path = tmp_path / "caps.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=message):
+        load_captions_csv(path, check_images=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_captions_csv(tmp_path / "nope.csv")

@@ -691,3 +691,36 @@ def test_encoder_specs() -> None:
     assert eval_cli._encoder_args("lit:runs/lit", args)[1]["heads"] == str(
         Path("runs/lit").resolve()
     )
+
+
+def test_eval_cli_coco_and_csv_give_the_same_figures_for_the_same_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--dataset coco`` and ``--dataset csv`` over one set of images and captions."""
+    _, root = _karpathy(tmp_path)
+    words = ["red", "green", "blue"]
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(3)],
+        "annotations": [
+            {"image_id": i, "caption": c}
+            for i, w in enumerate(words)
+            for c in (f"a {w} square", f"{w} colour")
+        ],
+    }
+    (tmp_path / "captions.json").write_text(json.dumps(coco))
+    rows = [f"{i}.jpg,{c}" for i, w in enumerate(words) for c in (f"a {w} square", f"{w} colour")]
+    (tmp_path / "captions.csv").write_text("image,caption\n" + "\n".join(rows) + "\n")
+    common = ["--images", str(root), "--encoder", "clip-tiny-test", "--num-workers", "0"]
+    common += ["--ks", "1,2"]
+    metrics = {}
+    for kind, name in (("coco", "captions.json"), ("csv", "captions.csv")):
+        out = tmp_path / f"rep-{kind}"
+        argv = ["eval", "--dataset", kind, "--captions", str(tmp_path / name), *common]
+        assert _run([*argv, "--out", str(out)]) == 0
+        got = EvalReport.from_json(out / "report.json").methods["clip-tiny-test"].metrics
+        metrics[kind] = {key.split("_", 1)[1]: v for key, v in got.items()}
+    assert metrics["coco"] and metrics["coco"] == pytest.approx(metrics["csv"])
+    assert "text_to_image_R@2" in metrics["coco"]
+    with pytest.raises(SystemExit, match="--captions"):
+        _run(["eval", "--dataset", "coco", "--encoder", "clip-tiny-test"])
+    capsys.readouterr()
