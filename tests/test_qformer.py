@@ -494,3 +494,26 @@ def test_eval_cli_takes_a_reranking_pipeline_as_a_method(tmp_path: Path) -> None
     with pytest.raises(SystemExit, match="retrieval"):
         main(["eval", "--dataset", "shapes", "--task", "composed", "--encoder", "shapes-clip",
               "--rerank", "embedded", "--out", str(out)])  # fmt: skip
+
+
+def test_pair_similarity_warms_all_images_in_one_encoder_call() -> None:
+    """One encode call for the whole corpus: each call starts the encoder's decode workers."""
+    import numpy as np
+
+    from vistrieve.rerankers.qformer.features import PairSimilarity
+    from vistrieve.types import Corpus, Item
+
+    class CountingEncoder:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def encode_image(self, images: list[str]) -> np.ndarray:
+            self.calls.append(len(images))
+            return np.stack([np.full(3, float(im.split("-")[1])) for im in images])
+
+    corpus = Corpus([Item(id=f"i{n}", image=f"img-{n}") for n in range(600)])
+    enc = CountingEncoder()
+    sim = PairSimilarity(enc, corpus)
+    assert sim.warm(list(corpus)) == 600 and enc.calls == [600]
+    assert sim.warm(["i3", "i599"]) == 0 and enc.calls == [600]  # cached: no call
+    assert sim.images["i599"].tolist() == [599.0, 599.0, 599.0]
