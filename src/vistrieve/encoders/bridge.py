@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vistrieve.encoders.base import TorchEncoder
-from vistrieve.utils.io import atomic_save_npy, atomic_write, atomic_write_json, load_npy, read_json
+from vistrieve.utils.io import atomic_save_npy, load_npy, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -239,12 +239,9 @@ class BridgeHeads(nn.Module):
 
     def save(self, directory: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
         """Write ``bridge_heads.safetensors`` and ``bridge_config.json`` atomically."""
-        from safetensors.torch import save_file
+        from vistrieve.encoders.lit import save_heads
 
-        out = Path(directory)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(out / HEADS_FILE, lambda p: save_file(tensors, str(p)))
-        atomic_write_json(out / CONFIG_FILE, {**self.config, **(meta or {})})
+        save_heads(self, self.config, directory, HEADS_FILE, CONFIG_FILE, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> BridgeHeads:

@@ -196,6 +196,24 @@ def load_minilm(directory: str | os.PathLike[str] | None = None) -> MeanPoolText
     )
 
 
+def save_heads(
+    module: nn.Module,
+    config: dict[str, Any],
+    directory: str | os.PathLike[str],
+    weights_file: str,
+    config_file: str,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write a small trained module's weights (safetensors) and its config plus ``meta``
+    (JSON) into ``directory``, each atomically."""
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    atomic_write(out / weights_file, lambda p: save_file(tensors, str(p)))
+    atomic_write_json(out / config_file, {**config, **(meta or {})})
+
+
 class LitHeads(nn.Module):
     """Linear projections of frozen image and text features into one space."""
 
@@ -208,12 +226,7 @@ class LitHeads(nn.Module):
 
     def save(self, directory: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
         """Write ``heads.safetensors`` and ``lit_config.json`` atomically."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(out / HEADS_FILE, lambda p: save_file(tensors, str(p)))
-        atomic_write_json(out / CONFIG_FILE, {**self.config, **(meta or {})})
+        save_heads(self, self.config, directory, HEADS_FILE, CONFIG_FILE, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> LitHeads:
