@@ -14,7 +14,9 @@ share of rounds whose rank got worse), ``results.json`` and example dialogs.
 Flickr8k protocol: the test split of ``split_by_image`` (200 images, seed 0). Of each
 image's five human captions, the first three are the user's (the opening query is one of
 them, chosen with the seed) and the last two are the gallery's evidence, standing in for a
-captioner: the agent never reads the captions the user answers from.
+captioner: the agent never reads the captions the user answers from. With ``--captioner``
+the evidence is a real captioner's output instead (a photo folder without captions): the
+five best descriptions of each image by a retrieval captioner banked on the train split.
 """
 
 from __future__ import annotations
@@ -113,6 +115,12 @@ def main() -> int:
     p.add_argument("--confirm", type=float, default=None)
     p.add_argument("--deny", type=float, default=None)
     p.add_argument("--only", action="append", help="run configurations containing this text")
+    p.add_argument(
+        "--captioner",
+        help="flickr8k: the gallery's evidence is this captioner's five descriptions of each "
+        "image (`vistrieve train photo-captioner`, banked on the train split) instead of "
+        "the image's last two human captions",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -144,6 +152,17 @@ def main() -> int:
         user = CaptionUser({i: corpus[i].captions[:3] for i in corpus})
         vocab = CaptionWords()
         texts_of = lambda i: corpus[i].captions[3:]  # noqa: E731
+        if args.captioner:
+            from vistrieve.query_rewriting import load_captioner
+
+            if args.split != "test":
+                raise SystemExit("--captioner is banked on the train split: use --split test")
+            gallery = sorted(corpus)
+            descriptions = load_captioner(args.captioner).describe(
+                [corpus[i].image for i in gallery]
+            )
+            described = dict(zip(gallery, descriptions, strict=True))
+            texts_of = lambda i: described.get(i, ())  # noqa: E731
         spec = args.encoder or "lit:runs/lit"
         # 2.0 / 2.0 chosen on the train split (200 dialogs over its 800 images) with
         # bridge-lite1, among confirm, deny in {1, 2, 3, 4} and temperature in {0.5, 1}.
@@ -175,7 +194,8 @@ def main() -> int:
     cached.save()
     title = (
         f"{args.world} {args.split}: {len(captions)} dialogs, {len(corpus)} images, "
-        f"{args.rounds} rounds, encoder {spec}, user {user.name}; "
+        f"{args.rounds} rounds, encoder {spec}, user {user.name}, evidence "
+        f"{'captioner ' + Path(args.captioner).name if args.captioner else 'human captions'}; "
         f"k_candidates {args.k_candidates}, temperature {args.temperature}, "
         f"confirm {args.confirm}, deny {args.deny}"
     )

@@ -138,3 +138,31 @@ def cumulative_hits(target_ranks: Sequence[Sequence[int]], k: int) -> list[float
         hits = sum(1 for dialog in target_ranks if any(x < k for x in dialog[: r + 1]))
         out.append(hits / len(target_ranks))
     return out
+
+
+def corpus_bleu(
+    predictions: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]], n: int = 4
+) -> float:
+    """Papineni et al. corpus BLEU-n (uniform weights, clipped counts, brevity penalty from the
+    closest reference length per sentence, shortest on ties), no smoothing."""
+    import math
+    from collections import Counter
+
+    matches = [0] * n
+    totals = [0] * n
+    hyp_len = ref_len = 0
+    for hyp, refs in zip(predictions, references, strict=True):
+        hyp_len += len(hyp)
+        ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
+        for order in range(1, n + 1):
+            grams = Counter(tuple(hyp[i : i + order]) for i in range(len(hyp) - order + 1))
+            best: Counter[tuple[str, ...]] = Counter()
+            for r in refs:
+                rg = Counter(tuple(r[i : i + order]) for i in range(len(r) - order + 1))
+                for g, c in rg.items():
+                    best[g] = max(best[g], c)
+            matches[order - 1] += sum(min(c, best[g]) for g, c in grams.items())
+            totals[order - 1] += max(len(hyp) - order + 1, 0)
+    log_p = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / n
+    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return bp * math.exp(log_p)

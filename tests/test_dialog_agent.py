@@ -267,3 +267,43 @@ def test_eval_cli_runs_live_dialogs(tmp_path: Path) -> None:
         assert {"hits@10_round2", "bri", "mean_rank_round2", "rank_worse_share"} <= set(row)
         assert len(row["example"]["turns"]) <= 2
     assert "BRI" in (out / "dialog_agent.md").read_text()
+
+
+class _Describer:
+    """Describes an image named ``img:ID`` with the captions of ``ID``."""
+
+    def __init__(self) -> None:
+        self.described: list[str] = []
+
+    def describe(self, images: Sequence[str], n: int = 5) -> list[list[str]]:
+        self.described.extend(images)
+        return [CAPTIONS[str(im).removeprefix("img:")][:n] for im in images]
+
+
+def test_a_captioner_gives_a_captionless_gallery_evidence_to_ask_from() -> None:
+    from vistrieve.query_rewriting.dialog_agent import captioned_texts
+    from vistrieve.types import Corpus, Item
+
+    retriever = WordRetriever()
+    retriever.corpus = Corpus([Item(id=i, image=f"img:{i}") for i in CAPTIONS])  # type: ignore[attr-defined]
+    bare = DialogAgent(retriever, pool=len(CAPTIONS))  # type: ignore[arg-type]
+    assert bare.evidence.of("dog-ball") == {}
+    assert bare.questioner("a dog", [], bare.rank("a dog")) is None  # nothing to ask about
+
+    retriever.corpus = Corpus(  # type: ignore[attr-defined]
+        [Item(id=i, image=f"img:{i}") for i in CAPTIONS if i != "cat-sofa"]
+        + [Item(id="cat-sofa", image="img:cat-sofa", captions=("a cat on a blue sofa",))]
+    )
+
+    describer = _Describer()
+    texts = captioned_texts(describer, retriever)
+    assert texts("cat-sofa") == ("a cat on a blue sofa",)  # own captions win
+    assert texts("dog-snow") == tuple(CAPTIONS["dog-snow"])
+    assert texts("missing") == ()
+    evidence = CandidateEvidence(CaptionWords(), texts)
+    agent = DialogAgent(retriever, evidence=evidence, pool=len(CAPTIONS))  # type: ignore[arg-type]
+    question = agent.questioner("a dog", [], agent.rank("a dog"))
+    assert question is not None and "?" in question
+    assert "img:cat-sofa" not in describer.described
+    with pytest.raises(ValueError, match="no corpus"):
+        captioned_texts(describer, object())

@@ -130,3 +130,36 @@ def test_serve_command_rejects_a_missing_index(tmp_path: Any) -> None:
     from vistrieve.cli import main
 
     assert main(["serve", str(tmp_path / "missing")]) == 2
+
+
+def test_a_captioner_lets_the_agent_ask_about_a_captionless_folder() -> None:
+    """Images added without captions: with a captioner the agent asks about what the
+    descriptions say; without one it has nothing to ask from."""
+    from vistrieve.data.shapes import ShapesWorld
+    from vistrieve.encoders import create_encoder
+    from vistrieve.query_rewriting.dialog_agent import CaptionWords
+    from vistrieve.retrievers.dense import DenseRetriever
+    from vistrieve.service.app import create_app
+    from vistrieve.types import Corpus, Item
+
+    world = ShapesWorld(seed=0, n_train=10, n_val=4, n_test=16).corpus("test")
+    bare = Corpus([Item(id=i, image=world[i].image) for i in world.ids])
+    described = {id(world[i].image): list(world[i].captions) for i in world.ids}
+
+    class Describer:
+        def describe(self, images: Any, n: int = 5) -> list[list[str]]:
+            return [described[id(im)][:n] for im in images]
+
+    encoder = create_encoder("shapes-clip", progress=False)
+    questions = {}
+    for label, captioner in (("none", None), ("captioner", Describer())):
+        app = create_app(DenseRetriever.build(encoder, bare), captioner=captioner)
+        with TestClient(app, raise_server_exceptions=False) as c:
+            sid = c.post("/sessions").json()["session_id"]
+            r = c.post(f"/sessions/{sid}/messages", json={"text": "something red"})
+            assert r.status_code == 200
+            questions[label] = r.json()["question"]
+    voc = CaptionWords()
+    asked = voc.attributes(questions["captioner"] or "")
+    assert asked and asked <= voc.attributes(" ".join(" ".join(v) for v in described.values()))
+    assert not voc.attributes(questions["none"] or "") & asked

@@ -212,6 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         llm=args.llm,
         state=args.state,
         config=config,
+        captioner=args.captioner,
     )
     return 0
 
@@ -286,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--llm", choices=["smollm2"], help="LLM questioner (default: generic questions)")
+    p.add_argument(
+        "--captioner",
+        metavar="DIR",
+        help="describe uncaptioned images for the chat agent's questions (a directory of "
+        "`vistrieve train photo-captioner`)",
+    )
     p.add_argument(
         "--state", help="SQLite file for sessions and the index journal (default: beside it)"
     )

@@ -1,7 +1,8 @@
 """``vistrieve train <stage>``: every trainer behind one command.
 
 Stages: ``shapes-clip`` (the embedded shapes-world CLIP), ``hash`` (CMSEH on features),
-``qformer`` (the Q-Former reranker), ``captioner`` (the shapes captioner), ``lit`` (the
+``qformer`` (the Q-Former reranker), ``captioner`` (the shapes captioner),
+``photo-captioner`` (a retrieval captioner for real photos), ``lit`` (the
 LiT baseline on Flickr8k) and ``grace`` (generative retrieval on the shapes world). Each
 parses its options and calls one library function; the result is printed as JSON.
 """
@@ -250,6 +251,39 @@ def _captioner(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- photo-captioner
+def _add_photo_captioner(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="folder with captions.txt and images/")
+    p.add_argument(
+        "--out", default="runs/photo-captioner", help="captioner directory (--captioner OUT)"
+    )
+    p.add_argument("--encoder", default="bridge-lite1", help="encoder spec (as in `index`)")
+    p.add_argument("--n-train", type=int, default=800, help="images in the caption bank")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="keep the default settings instead of choosing them leave-one-out on the bank",
+    )
+
+
+def _photo_captioner(args: argparse.Namespace) -> int:
+    from vistrieve.encoders import parse_encoder_spec
+    from vistrieve.training.captioner import build_photo_captioner
+
+    _print_json(
+        build_photo_captioner(
+            args.data,
+            args.out,
+            encoder=parse_encoder_spec(args.encoder),
+            n_train=args.n_train,
+            seed=args.seed,
+            tune=not args.no_tune,
+        )
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- lit
 def _add_lit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder with captions.txt and images/")
@@ -389,6 +423,11 @@ TRAINERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Comman
     "hash": ("train a CMSEH hash model on features and evaluate it", _add_hash, _hash),
     "qformer": ("train the shapes-world Q-Former reranker", _add_qformer, _qformer),
     "captioner": ("train the shapes-world captioner", _add_captioner, _captioner),
+    "photo-captioner": (
+        "build a real-photo retrieval captioner from a captioned folder (Flickr8k)",
+        _add_photo_captioner,
+        _photo_captioner,
+    ),
     "lit": ("train the LiT baseline's heads on Flickr8k", _add_lit, _lit),
     "bridge": ("train heads on the real-photo bridge encoder (Flickr8k)", _add_bridge, _bridge),
     "grace": ("train a GRACE generative retriever on the shapes world", _add_grace, _grace),

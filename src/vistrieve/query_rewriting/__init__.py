@@ -3,8 +3,10 @@ the chat session, with registries that build them from specs.
 
 * :data:`CAPTIONERS`: ``{"kind": "prefix", "path": DIR}`` (a saved
   :class:`~vistrieve.query_rewriting.captioner.PrefixCaptioner`, encoder read from its
-  directory), ``{"kind": "hf", "path": DIR}`` (BLIP / BLIP-2 / GIT), ``"embedded"`` (the
-  captioner that ships in the package);
+  directory), ``{"kind": "retrieval", "path": DIR}`` (a saved
+  :class:`~vistrieve.query_rewriting.captioner.RetrievalCaptioner`, real photos),
+  ``{"kind": "hf", "path": DIR}`` (BLIP / BLIP-2 / GIT), ``"embedded"`` (the shapes
+  captioner that ships in the package); a plain directory is loaded by the kind it records;
 * :data:`REWRITERS`: ``{"kind": "cirevl", "captioner": ..., "llm": ...}`` and
   ``{"kind": "dialog-summary", "llm": ...}``; LLMs are specs of :func:`vistrieve.llm.create_llm`.
 
@@ -18,7 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vistrieve.query_rewriting.captioner import HFCaptioner, PrefixCaptioner
+from vistrieve.query_rewriting.captioner import (
+    CAPTIONER_FILE,
+    HFCaptioner,
+    PrefixCaptioner,
+    RetrievalCaptioner,
+)
 from vistrieve.query_rewriting.chat import (
     ChatSession,
     DialogSummaryRewriter,
@@ -52,6 +59,12 @@ def _prefix(path: str | os.PathLike[str], **kw: Any) -> Any:
     return PrefixCaptioner.load(root, **kw)
 
 
+@CAPTIONERS.register("retrieval")
+def _retrieval(path: str | os.PathLike[str], **kw: Any) -> Any:
+    """A saved RetrievalCaptioner (nearest human captions of a bank, consensus-reranked)."""
+    return RetrievalCaptioner.load(path, **kw)
+
+
 @CAPTIONERS.register("hf")
 def _hf(path: str | os.PathLike[str], **kw: Any) -> Any:
     """A transformers image-to-text model (BLIP, BLIP-2, GIT) by local path or hub name."""
@@ -75,6 +88,12 @@ def load_captioner(spec: str | os.PathLike[str] | Mapping[str, Any] | Any, **kw:
         opts.update(kw)
         return CAPTIONERS.create(str(spec["kind"]), **opts)
     if isinstance(spec, (str, os.PathLike)):
+        meta = Path(spec) / CAPTIONER_FILE
+        if str(spec) != "embedded" and meta.is_file():
+            from vistrieve.utils.io import read_json
+
+            kind = read_json(meta).get("kind", "prefix")
+            return CAPTIONERS.create(str(kind), path=spec, **kw)
         return CAPTIONERS.create("prefix", path=spec, **kw)
     return spec
 
@@ -123,6 +142,7 @@ def create_rewriter(spec: str | Mapping[str, Any] | QueryRewriter, **kw: Any) ->
 
 __all__ = [
     "CAPTIONERS",
+    "RetrievalCaptioner",
     "REWRITERS",
     "CIReVLRewriter",
     "CachedCaptioner",

@@ -716,6 +716,47 @@ def _corpus_texts(retriever: Any) -> Callable[[str], Sequence[str]] | None:
     return texts
 
 
+def captioned_texts(
+    captioner: Any, retriever: Any, *, n: int = 5
+) -> Callable[[str], Sequence[str]]:
+    """Item id -> texts for :class:`CandidateEvidence`: the item's captions where it has
+    some, otherwise a captioner's descriptions of its image.
+
+    A photo folder indexed without captions leaves the agent no evidence to ask from; with
+    a captioner (``describe(images, n)`` returning ``n`` descriptions per image, as
+    :class:`~vistrieve.query_rewriting.captioner.RetrievalCaptioner` does, or
+    ``caption(images)`` for one) the candidates' descriptions stand in for captions. Each
+    image is described once per :class:`CandidateEvidence` cache entry.
+
+    Args:
+        captioner: Describes images.
+        retriever: A retriever (or pipeline) with a ``corpus``.
+        n: Descriptions per image.
+
+    Raises:
+        ValueError: the retriever has no corpus.
+    """
+    corpus = getattr(retriever, "corpus", None)
+    if corpus is None:
+        corpus = getattr(getattr(retriever, "retriever", None), "corpus", None)
+    if corpus is None:
+        raise ValueError(f"{type(retriever).__name__} has no corpus to describe")
+
+    def texts(item_id: str) -> Sequence[str]:
+        item = corpus.get(item_id)
+        if item is None:
+            return ()
+        if item.captions:
+            return tuple(item.captions)
+        if item.image is None:
+            return ()
+        if hasattr(captioner, "describe"):
+            return tuple(captioner.describe([item.image], n=n)[0])
+        return tuple(captioner.caption([item.image]))
+
+    return texts
+
+
 @dataclass
 class AgentReply:
     """One turn of the agent: the top hits, the next question and the query searched."""
@@ -885,6 +926,7 @@ __all__ = [
     "answer_kind",
     "binary_entropy",
     "canonical_word",
+    "captioned_texts",
     "content_words",
     "dialog_facts",
 ]

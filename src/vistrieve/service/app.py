@@ -227,6 +227,7 @@ def create_app(
     store: Any = None,
     questioner: Callable[..., str | None] | None = None,
     feedback_loop: Any = None,
+    captioner: Any = None,
     title: str = "vistrieve",
 ) -> Any:
     """A FastAPI app serving ``target``.
@@ -242,6 +243,9 @@ def create_app(
             with the answers).
         feedback_loop: An EIIRwQR :class:`~vistrieve.query_rewriting.chat.FeedbackLoop`;
             with it, hits marked relevant rewrite the next query.
+        captioner: Describes images that have no captions, so that the default agent has
+            evidence to ask about in a captionless photo folder (see
+            :func:`~vistrieve.query_rewriting.dialog_agent.captioned_texts`).
         title: OpenAPI title.
     """
     cfg = config or ServiceConfig()
@@ -252,9 +256,17 @@ def create_app(
     ask = questioner
     agent = None
     if questioner is None:
-        from vistrieve.query_rewriting.dialog_agent import DialogAgent
+        from vistrieve.query_rewriting.dialog_agent import (
+            CandidateEvidence,
+            CaptionWords,
+            DialogAgent,
+            captioned_texts,
+        )
 
-        agent = DialogAgent(target, cache_size=0)  # the served index changes
+        evidence = None
+        if captioner is not None:
+            evidence = CandidateEvidence(CaptionWords(), captioned_texts(captioner, target))
+        agent = DialogAgent(target, evidence=evidence, cache_size=0)  # the served index changes
     lock = threading.RLock()
     sessions: OrderedDict[str, ChatSession] = OrderedDict()
     metrics = _Metrics()
@@ -669,6 +681,7 @@ def serve(
     llm: str | None = None,
     state: str | None = None,
     config: ServiceConfig | None = None,
+    captioner: str | None = None,
 ) -> None:
     """Load a saved retriever or a pipeline spec and serve it (``vistrieve serve``).
 
@@ -679,6 +692,8 @@ def serve(
         llm: ``"smollm2"``: an LLM questioner (without a spec).
         state: The SQLite state file (default: ``<index>.service.sqlite`` beside the index).
         config: Limits and access policy.
+        captioner: A captioner directory (``vistrieve train photo-captioner``) describing
+            uncaptioned images for the chat agent's questions.
     """
     import uvicorn
 
@@ -711,8 +726,13 @@ def serve(
     replayed = replay_journal(getattr(target, "retriever", target), store, index_dir)
     if replayed:
         logger.warning("replayed %d index changes made over HTTP", replayed)
+    described_by = None
+    if captioner is not None:
+        from vistrieve.query_rewriting import load_captioner
+
+        described_by = load_captioner(captioner)
     app = create_app(target, config=cfg, store=store, questioner=questioner,
-                     feedback_loop=feedback_loop)  # fmt: skip
+                     feedback_loop=feedback_loop, captioner=described_by)  # fmt: skip
     try:
         uvicorn.run(app, host=host, port=port)
     finally:
