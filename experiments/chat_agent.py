@@ -62,7 +62,7 @@ def _configs(args: argparse.Namespace, vocab: Any, evidence: CandidateEvidence) 
     q = CandidateQuestioner(evidence, k=args.k_candidates, temperature=args.temperature)
     rules = RuleReformulator(vocab)
     concat = ConcatReformulator()
-    return {
+    configs: dict[str, Any] = {
         "generic questions, concatenation, last round only (ChatIR baseline)": dict(
             questioner=FixedQuestions(),
             reformulator=concat,
@@ -99,6 +99,20 @@ def _configs(args: argparse.Namespace, vocab: Any, evidence: CandidateEvidence) 
             deny_weight=args.deny,
         ),
     }
+    if args.llm:
+        from vistrieve.llm import CachedLLM, ReplayCache, load_smollm2
+        from vistrieve.query_rewriting.dialog_agent import LLMCandidateQuestioner
+
+        cache = ReplayCache(Path(args.llm_cache)) if args.llm_cache else None
+        llm = CachedLLM(load_smollm2(args.llm or None, max_new_tokens=32), cache)
+        configs["SmolLM2-135M candidate questions, rules, accumulated + answer consistency"] = dict(
+            questioner=LLMCandidateQuestioner(llm, q),
+            reformulator=rules,
+            accumulate=True,
+            confirm_weight=args.confirm,
+            deny_weight=args.deny,
+        )
+    return configs
 
 
 def main() -> int:
@@ -115,6 +129,14 @@ def main() -> int:
     p.add_argument("--confirm", type=float, default=None)
     p.add_argument("--deny", type=float, default=None)
     p.add_argument("--only", action="append", help="run configurations containing this text")
+    p.add_argument(
+        "--llm",
+        nargs="?",
+        const="",
+        default=None,
+        help="add the SmolLM2 questioner (optional value: its directory; default the fetched one)",
+    )
+    p.add_argument("--llm-cache", default=None, help="replay cache of the LLM's answers")
     p.add_argument(
         "--captioner",
         help="flickr8k: the gallery's evidence is this captioner's five descriptions of each "
@@ -177,6 +199,7 @@ def main() -> int:
     )
     evidence = CandidateEvidence(vocab, texts_of)
     results: dict[str, AgentDialogResult] = {}
+    notes: list[str] = []
     for name, cfg in _configs(args, vocab, evidence).items():
         if args.only and not any(o in name for o in args.only):
             continue
@@ -191,6 +214,13 @@ def main() -> int:
             progress=False,
         )
         sys.stdout.write(dialog_table({name: results[name]}))
+        asker = cfg["questioner"]
+        if hasattr(asker, "fallbacks"):
+            asked = sum(len(d) for d in results[name].dialogs)
+            notes.append(
+                f"{name}: the LLM's own question was used in {asked - asker.fallbacks} of "
+                f"{asked} rounds (otherwise the top candidate question)."
+            )
     cached.save()
     title = (
         f"{args.world} {args.split}: {len(captions)} dialogs, {len(corpus)} images, "
@@ -200,6 +230,8 @@ def main() -> int:
         f"confirm {args.confirm}, deny {args.deny}"
     )
     table = dialog_table(results, title=title)
+    if notes:
+        table += "\n" + "\n".join(notes) + "\n"
     (out / "summary.md").write_text(table, encoding="utf-8")
     (out / "results.json").write_text(
         json.dumps({n: r.metrics() | {"seconds": r.seconds} for n, r in results.items()}, indent=2),
