@@ -364,6 +364,8 @@ class RetrievalCaptioner:
             for row, img in zip(fit, exclude, strict=True):
                 row[self.image_of == img] = -np.inf
             k = min(k, int(np.isfinite(fit).sum(axis=1).min()))
+            if k < 1:
+                raise ValueError("no bank caption is left once the excluded images are removed")
         cand = np.argpartition(-fit, k - 1, axis=1)[:, :k]
         out: list[list[str]] = []
         for row, idx in zip(fit, cand, strict=True):
