@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,43 +66,78 @@ def readable_ids(images: list[tuple[str, str]]) -> list[str]:
     return [i for i, _ in images if i != "broken"]
 
 
+@pytest.fixture(scope="module")
+def encoded(
+    ray_local: None, images: list[tuple[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Any]:
+    """One Ray run over the images in shards of 6 (4 shards), shared by the tests."""
+    out = tmp_path_factory.mktemp("ray-shards")
+    return out, encode_with_ray("clip-tiny-test", images, out, shard_size=6, progress=False)
+
+
 def test_embeddings_equal_single_process(
-    ray_local: None, images: list[tuple[str, str]], reference: np.ndarray, tmp_path: Path
+    encoded: tuple[Path, Any], images: list[tuple[str, str]], reference: np.ndarray
 ) -> None:
-    result = encode_with_ray("clip-tiny-test", images, tmp_path, shard_size=6, progress=False)
+    out, result = encoded
     assert len(result.shards) == 4 and result.encoded_shards == 4
     assert [s["id"] for s in result.skipped] == ["broken"]
-    assert sorted(p.name for p in tmp_path.glob("shard-*.npy")) == [
+    assert sorted(p.name for p in out.glob("shard-*.npy")) == [
         f"shard-{n:05d}.npy" for n in range(4)
     ]
-    emb, ids, skipped = load_shards(tmp_path)
+    emb, ids, skipped = load_shards(out)
     assert ids == readable_ids(images)
     assert [s["id"] for s in skipped] == ["broken"]
     np.testing.assert_allclose(emb, reference, atol=1e-5)
-    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert [s["shard"] for s in manifest["shards"]] == [0, 1, 2, 3]
 
 
+def _copy_run(encoded: tuple[Path, Any], dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(encoded[0], dest)
+    return dest
+
+
 def test_resume_reencodes_only_unfinished_shards(
-    ray_local: None, images: list[tuple[str, str]], reference: np.ndarray, tmp_path: Path
+    encoded: tuple[Path, Any],
+    images: list[tuple[str, str]],
+    reference: np.ndarray,
+    tmp_path: Path,
 ) -> None:
-    encode_with_ray("clip-tiny-test", images, tmp_path, shard_size=6, progress=False)
-    # Lose shard 2 (its record) and damage shard 3 (its array): an interrupted run.
-    (tmp_path / "shard-00002.json").unlink()
-    np.save(tmp_path / "shard-00003.npy", np.zeros((3, 3), dtype=np.float32))
-    mtime0 = (tmp_path / "shard-00000.npy").stat().st_mtime_ns
-    with pytest.raises(ValueError, match="damaged"):
-        load_shards(tmp_path)
-    result = encode_with_ray("clip-tiny-test", images, tmp_path, shard_size=6, progress=False)
+    out = _copy_run(encoded, tmp_path / "run")
+    # Lose shard 2's record and damage shard 3's array: what an interrupted run leaves.
+    (out / "shard-00002.json").unlink()
+    np.save(out / "shard-00003.npy", np.zeros((3, 3), dtype=np.float32))
+    mtime0 = (out / "shard-00000.npy").stat().st_mtime_ns
+    with pytest.raises(ValueError, match="shard-00002.json is missing.*run the encoding again"):
+        load_shards(out)
+    result = encode_with_ray("clip-tiny-test", images, out, shard_size=6, progress=False)
     assert [s.resumed for s in result.shards] == [True, True, False, False]
-    assert (tmp_path / "shard-00000.npy").stat().st_mtime_ns == mtime0
-    emb, ids, _ = load_shards(tmp_path)
+    assert (out / "shard-00000.npy").stat().st_mtime_ns == mtime0
+    emb, ids, _ = load_shards(out)
     assert ids == readable_ids(images)
     np.testing.assert_allclose(emb, reference, atol=1e-5)
-    # Other settings (shard size) start over instead of mixing shards.
-    result = encode_with_ray("clip-tiny-test", images, tmp_path, shard_size=11, progress=False)
+
+
+def test_resume_of_a_finished_run_encodes_nothing(
+    encoded: tuple[Path, Any], images: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    out = _copy_run(encoded, tmp_path / "run")
+    result = encode_with_ray("clip-tiny-test", images, out, shard_size=6, progress=False)
+    assert result.resumed_shards == 4 and result.encoded_shards == 0
+
+
+@pytest.mark.slow
+def test_other_settings_start_over(
+    encoded: tuple[Path, Any], images: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    out = _copy_run(encoded, tmp_path / "run")
+    (out / "notes.txt").write_text("kept")
+    result = encode_with_ray("clip-tiny-test", images, out, shard_size=11, progress=False)
     assert result.resumed_shards == 0 and len(result.shards) == 2
-    assert not (tmp_path / "shard-00003.npy").exists()
+    assert not (out / "shard-00003.npy").exists()
+    assert (out / "notes.txt").read_text() == "kept"
 
 
 def test_killed_worker_loses_nothing(
@@ -146,7 +182,7 @@ def test_bad_arguments(images: list[tuple[str, str]], tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="shard_size"):
         encode_with_ray("clip-tiny-test", images, tmp_path, shard_size=0)
-    with pytest.raises(ValueError, match="duplicate item id 'img00'"):
+    with pytest.raises(ValueError, match="duplicate item id 'img01'"):
         encode_with_ray("clip-tiny-test", images + [images[1]], tmp_path)
     from PIL import Image
 
@@ -171,7 +207,7 @@ def _folder(tmp_path: Path, images: list[tuple[str, str]]) -> Path:
 
     src = tmp_path / "photos"
     src.mkdir()
-    for i, p in images:
+    for _, p in images:
         shutil.copy(p, src / Path(p).name)
     return src
 
@@ -227,7 +263,9 @@ def test_cli_engine_ray_without_ray(
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
     src = _folder(tmp_path, images[:3])
-    rc = main(["index", str(src), str(tmp_path / "o"), "--engine", "ray", "--encoder", "clip-tiny-test"])
+    rc = main(
+        ["index", str(src), str(tmp_path / "o"), "--engine", "ray", "--encoder", "clip-tiny-test"]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "pip install 'vistrieve[ray]'" in err and "--engine local" in err
@@ -239,13 +277,21 @@ def test_cli_bad_ray_address(
     from vistrieve.cli.main import main
 
     src = _folder(tmp_path, images[:3])
-    args = ["index", str(src), str(tmp_path / "o"), "--engine", "ray", "--encoder", "clip-tiny-test"]
+    args = [
+        "index",
+        str(src),
+        str(tmp_path / "o"),
+        "--engine",
+        "ray",
+        "--encoder",
+        "clip-tiny-test",
+    ]
     assert main([*args, "--ray-address", "127.0.0.1:9"]) == 2
     assert "cannot reach a Ray cluster at '127.0.0.1:9'" in capsys.readouterr().err
     assert main([*args, "--ray-address", "no-port"]) == 2
     assert "not HOST:PORT" in capsys.readouterr().err
-    assert main(["index", str(src), str(tmp_path / "o"), "--ray-address", "auto"]) == 2
-    assert "--ray-address needs --engine ray" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--ray-address and --ray-gpus-per-worker need"):
+        main(["index", str(src), str(tmp_path / "o"), "--ray-address", "auto"])
 
 
 def test_ray_extra_declared() -> None:

@@ -215,7 +215,9 @@ class ShardEncoder:
         of ``[id, path]``); returns the embeddings as bytes with their ids and skips."""
         from vistrieve.retrievers.base import encode_items
 
-        out: dict[str, list[Any]] = {k: [] for k in ("shard", "rows", "dim", "emb", "ids", "skipped")}
+        out: dict[str, list[Any]] = {
+            k: [] for k in ("shard", "rows", "dim", "emb", "ids", "skipped")
+        }
         for shard, payload in zip(batch["shard"], batch["items"], strict=True):
             items = [Item(str(i), image=str(p)) for i, p in json.loads(payload)]
             emb, ids, skipped = encode_items(self.encoder, items, self.max_image_pixels)
@@ -558,13 +560,21 @@ def load_shards(
     width = manifest.get("dim") or dim
     for r in records:
         npy = root / r["file"]
+        info_file = root / (shard_name(int(r["shard"])) + ".json")
+        for f in (npy, info_file):
+            if not f.is_file():
+                raise IntegrityError(
+                    f"{f} is missing though {MANIFEST_FILE} lists it as finished; the shard "
+                    "is damaged: run the encoding again with resume to redo it",
+                    f,
+                )
         if sha256_file(npy) != r["sha256"]:
             raise IntegrityError(
                 f"{npy}: checksum does not match {MANIFEST_FILE}; the shard is damaged: "
                 "delete it and run the encoding again with resume",
                 npy,
             )
-        info = read_json(root / (shard_name(int(r["shard"])) + ".json"))
+        info = read_json(info_file)
         emb = load_npy(npy)
         if emb.shape != (len(info["ids"]), width):
             raise IntegrityError(
