@@ -121,20 +121,28 @@ def _index_with_ray(args: argparse.Namespace, spec: dict[str, Any], corpus: Any)
     index them and the captions into the same directory the local engine writes."""
     import time
 
-    from vistrieve.distributed import encode_with_ray, load_shards
-    from vistrieve.distributed.ray_encode import check_address, import_ray
-    from vistrieve.encoders import create_encoder
-    from vistrieve.retrievers.base import PARTIAL_DIR
-    from vistrieve.retrievers.dense import DenseRetriever
+    from vistrieve.distributed.ray_encode import ray_runtime
 
     if args.ray_workers <= 0:
         raise SystemExit(f"--ray-workers must be positive, got {args.ray_workers}")
     if args.ray_gpus_per_worker < 0:
         raise SystemExit(f"--ray-gpus-per-worker must be >= 0, got {args.ray_gpus_per_worker}")
-    # Fail on a missing Ray or a wrong address before loading any model.
-    import_ray()
-    check_address(args.ray_address)
     t0 = time.perf_counter()
+    # Connect first: a missing Ray or a wrong address fails before any model is loaded.
+    with ray_runtime(args.ray_address):
+        return _encode_and_index_with_ray(args, spec, corpus, t0)
+
+
+def _encode_and_index_with_ray(
+    args: argparse.Namespace, spec: dict[str, Any], corpus: Any, t0: float
+) -> Any:
+    import time
+
+    from vistrieve.distributed import encode_with_ray, load_shards
+    from vistrieve.encoders import create_encoder
+    from vistrieve.retrievers.base import PARTIAL_DIR
+    from vistrieve.retrievers.dense import DenseRetriever
+
     encoder = create_encoder(spec)  # the driver's copy: captions, and the saved spec
     worker_spec = dict(spec)
     if args.ray_gpus_per_worker > 0 and str(spec.get("device", "cpu")) == "cpu":
@@ -144,7 +152,7 @@ def _index_with_ray(args: argparse.Namespace, spec: dict[str, Any], corpus: Any)
         worker_spec,
         list(corpus.values()),
         shards,
-        address=args.ray_address,
+        address=None,  # connected by the caller
         num_workers=args.ray_workers,
         shard_size=args.chunk_size,
         num_gpus_per_worker=args.ray_gpus_per_worker,

@@ -179,9 +179,16 @@ def ray_runtime(address: str | None = None) -> Iterator[Any]:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        hint = (
+            "start a cluster on this machine first (`ray start --head`), or leave the "
+            "address out to run on a local Ray runtime"
+            if address == "auto"
+            else "check the address (`ray status` on the head node prints it)"
+            if address
+            else "check that Ray can start here (`ray start --head` shows why it cannot)"
+        )
         raise RayUnavailableError(
-            f"cannot connect to Ray at {address or 'a new local runtime'!r}: {exc}; with "
-            "--ray-address auto start a cluster on this machine first (`ray start --head`)"
+            f"cannot connect to Ray at {address or 'a new local runtime'!r}: {exc}; {hint}"
         ) from exc
     try:
         yield ray
@@ -469,12 +476,12 @@ def _run(
     from tqdm.auto import tqdm
 
     with ray_runtime(address) as ray:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
         ray_log = logging.getLogger("ray.data")
         log_level = ray_log.level
         if not logger.isEnabledFor(logging.INFO):
-            ray_log.setLevel(logging.WARNING)
+            ray_log.setLevel(logging.ERROR)  # Ray Data's per-operator chatter
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # ours counts shards
         ds = ray.data.from_items(
             [{"shard": n, "items": json.dumps(list(map(list, shards[n])))} for n in todo],
             override_num_blocks=len(todo),
