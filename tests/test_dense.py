@@ -186,3 +186,30 @@ def test_bad_input(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-
     with pytest.raises(ValueError, match="empty corpus"):
         DenseRetriever.build(encoder, Corpus())
     assert r.retrieve([], k=3) == []
+
+
+def test_from_embeddings_equals_build(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    corpus = _corpus(tmp_path)
+    built = DenseRetriever.build(encoder, corpus)
+    ids = list(built.image_index.ids)
+    emb = built.image_index.reconstruct(ids)
+    skipped = [{"id": "x", "source": "x.png", "error": "unreadable"}]
+    r = DenseRetriever.from_embeddings(
+        encoder, corpus, emb, ids, skipped=skipped, directory=tmp_path / "idx"
+    )
+    loaded = DenseRetriever.load(tmp_path / "idx", encoder=encoder)
+    assert list(loaded.image_index.ids) == ids
+    assert loaded.text_index is not None and len(loaded.text_index) == 24
+    assert loaded.build_report is not None and loaded.build_report.skipped == skipped
+    q = [Query(text="a red box 0")]
+    assert [h.id for h in r.retrieve(q, k=3)[0]] == [h.id for h in built.retrieve(q, k=3)[0]]
+    with pytest.raises(ValueError, match=r"shape \(12, 3\)"):
+        DenseRetriever.from_embeddings(encoder, corpus, emb[:, :3], ids)
+    with pytest.raises(ValueError, match="'nope' is not an item"):
+        DenseRetriever.from_embeddings(encoder, corpus, emb[:1], ["nope"])
+    with pytest.raises(ValueError, match="out of corpus order"):
+        DenseRetriever.from_embeddings(encoder, corpus, emb[:2], [ids[1], ids[0]])
+    bad = emb.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        DenseRetriever.from_embeddings(encoder, corpus, bad, ids)

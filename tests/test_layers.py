@@ -1,8 +1,8 @@
 """The package's layers, read from every module's imports (function-level ones included).
 
 core (types, registry, utils, errors, adapters) <- components (data, encoders, indexes, retrievers,
-hashing, rerankers, query_rewriting, llm, generative, pipeline) <- evals, training <- recipes
-<- apps (cli, service, demo, integrations). A module may import its own layer or a lower
+hashing, rerankers, query_rewriting, llm, generative, pipeline, distributed) <- evals, training
+<- recipes <- apps (cli, service, demo, integrations). A module may import its own layer or a lower
 one, never a higher one, and no chain of imports may lead back to where it started.
 """
 
@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "vistrieve.llm": 1,
     "vistrieve.generative": 1,
     "vistrieve.pipeline": 1,
+    "vistrieve.distributed": 1,
     "vistrieve.evals": 2,
     "vistrieve.training": 2,
     "vistrieve.recipes": 3,

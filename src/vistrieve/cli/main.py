@@ -112,6 +112,66 @@ def _warn_shapes_model(spec: dict[str, Any], corpus: Any) -> None:
         sys.stderr.write(msg + "\n")
 
 
+RAY_SHARDS_DIR = "ray-shards"
+"""Folder under an index's ``.partial`` where ``--engine ray`` keeps its resumable shards."""
+
+
+def _index_with_ray(args: argparse.Namespace, spec: dict[str, Any], corpus: Any) -> Any:
+    """Encode the corpus images on Ray (shards under ``OUT/.partial/ray-shards``), then
+    index them and the captions into the same directory the local engine writes."""
+    import time
+
+    from vistrieve.distributed.ray_encode import ray_runtime
+
+    if args.ray_workers <= 0:
+        raise SystemExit(f"--ray-workers must be positive, got {args.ray_workers}")
+    if args.ray_gpus_per_worker < 0:
+        raise SystemExit(f"--ray-gpus-per-worker must be >= 0, got {args.ray_gpus_per_worker}")
+    t0 = time.perf_counter()
+    # Connect first: a missing Ray or a wrong address fails before any model is loaded.
+    with ray_runtime(args.ray_address):
+        return _encode_and_index_with_ray(args, spec, corpus, t0)
+
+
+def _encode_and_index_with_ray(
+    args: argparse.Namespace, spec: dict[str, Any], corpus: Any, t0: float
+) -> Any:
+    import time
+
+    from vistrieve.distributed import encode_with_ray, load_shards
+    from vistrieve.encoders import create_encoder
+    from vistrieve.retrievers.base import PARTIAL_DIR
+    from vistrieve.retrievers.dense import DenseRetriever
+
+    encoder = create_encoder(spec)  # the driver's copy: captions, and the saved spec
+    worker_spec = dict(spec)
+    if args.ray_gpus_per_worker > 0 and str(spec.get("device", "cpu")) == "cpu":
+        worker_spec["device"] = "cuda"  # the driver may have no GPU; the workers have one
+    shards = Path(args.out) / PARTIAL_DIR / RAY_SHARDS_DIR
+    result = encode_with_ray(
+        worker_spec,
+        list(corpus.values()),
+        shards,
+        address=None,  # connected by the caller
+        num_workers=args.ray_workers,
+        shard_size=args.chunk_size,
+        num_gpus_per_worker=args.ray_gpus_per_worker,
+        resume=not args.no_resume,
+        max_image_pixels=args.max_image_pixels,
+    )
+    embeddings, ids, skipped = load_shards(shards, dim=encoder.dim)
+    retriever = DenseRetriever.from_embeddings(
+        encoder, corpus, embeddings, ids, skipped=skipped, index=args.index
+    )
+    report = retriever.build_report
+    assert report is not None
+    report.resumed_chunks = result.resumed_shards
+    report.encoded_chunks = result.encoded_shards
+    report.seconds = time.perf_counter() - t0
+    retriever.save(args.out)  # replaces OUT, and with it the shards under .partial
+    return retriever
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from vistrieve.data.manifest import corpus_from_manifest, scan_folder
     from vistrieve.encoders import create_encoder
@@ -148,23 +208,28 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
     if args.max_image_pixels is not None and args.max_image_pixels <= 0:
         raise SystemExit(f"--max-image-pixels must be positive, got {args.max_image_pixels}")
+    if args.engine != "ray" and (args.ray_address is not None or args.ray_gpus_per_worker):
+        raise SystemExit("--ray-address and --ray-gpus-per-worker need --engine ray")
     spec = encoder_from_args(args)
     _warn_shapes_model(spec, corpus)
-    encoder = create_encoder(spec)
-    retriever = DenseRetriever.build(
-        encoder,
-        corpus,
-        index=args.index,
-        directory=args.out,
-        resume=not args.no_resume,
-        chunk_size=args.chunk_size,
-        max_image_pixels=args.max_image_pixels,
-    )
+    if args.engine == "ray":
+        retriever = _index_with_ray(args, spec, corpus)
+    else:
+        retriever = DenseRetriever.build(
+            create_encoder(spec),
+            corpus,
+            index=args.index,
+            directory=args.out,
+            resume=not args.no_resume,
+            chunk_size=args.chunk_size,
+            max_image_pixels=args.max_image_pixels,
+        )
     report = retriever.build_report
     assert report is not None
     _out(
         f"indexed {report.n_indexed} of {report.n_items} images and {report.n_captions} captions "
         f"into {args.out} in {report.seconds:.1f}s"
+        + (" with ray" if args.engine == "ray" else "")
         + (f" ({report.resumed_chunks} chunks resumed)" if report.resumed_chunks else "")
     )
     for f in skipped_files:
@@ -267,6 +332,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoding",
         default="utf-8",
         help="text encoding of a manifest (default utf-8; e.g. latin-1, cp1252)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: encode in this process (default); ray: encode on a Ray cluster or a "
+        "local Ray runtime, in resumable shards of --chunk-size images (needs vistrieve[ray])",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --engine ray: an existing cluster (auto, HOST:PORT or ray://HOST:10001); "
+        "default: start a local Ray runtime",
+    )
+    p.add_argument(
+        "--ray-workers", type=int, default=2, metavar="N", help="encoder actors (default 2)"
+    )
+    p.add_argument(
+        "--ray-gpus-per-worker",
+        type=float,
+        default=0,
+        metavar="G",
+        help="GPUs per encoder actor (fractions share a GPU; workers then use device cuda)",
     )
     _add_encoder_options(p)
     p.set_defaults(func=cmd_index)

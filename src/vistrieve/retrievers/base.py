@@ -133,6 +133,33 @@ def encode_tolerant(encoder: Encoder, images: list[Any]) -> tuple[np.ndarray, li
     return emb, ok, failures
 
 
+def encode_items(
+    encoder: Encoder, chunk: Sequence[Item], max_image_pixels: int | None = None
+) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
+    """Encode the images of ``chunk``: ``(embeddings, ids of the encoded items, skip
+    records)``. Images over ``max_image_pixels`` are skipped from their headers, unreadable
+    ones by the encoder; each skip record holds ``id``, ``source`` and ``error``, in chunk
+    order. This is what every build (local chunks or distributed shards) runs per chunk."""
+    from vistrieve.utils.images import ImageLoadError, check_image_pixels, describe_image
+
+    skipped: list[dict[str, str]] = []
+    todo: list[Item] = []
+    for it in chunk:
+        try:
+            check_image_pixels(it.image, max_image_pixels)
+        except ImageLoadError as exc:
+            logger.warning("skipping image %s: %s", describe_image(it.image), exc)
+            skipped.append({"id": it.id, "source": describe_image(it.image), "error": str(exc)})
+            continue
+        todo.append(it)
+    emb, ok, failures = encode_tolerant(encoder, [it.image for it in todo])
+    skipped += [{"id": todo[f.index].id, "source": f.source, "error": f.error} for f in failures]
+    # Report in corpus order whatever the reason.
+    order = {it.id: n for n, it in enumerate(chunk)}
+    skipped.sort(key=lambda r: order[r["id"]])
+    return emb, [todo[i].id for i in ok], skipped
+
+
 def _fingerprint(encoder_name: str, ids: Sequence[str], sources: Sequence[str]) -> str:
     h = hashlib.sha256(encoder_name.encode())
     for i, s in zip(ids, sources, strict=True):
@@ -165,7 +192,9 @@ def _content_stamp(item: Item) -> str:
     return f"<memory:{item.id}>"
 
 
-def _chunk_stamp(items: Sequence[Item]) -> str:
+def chunk_stamp(items: Sequence[Item]) -> str:
+    """A stamp of the images of ``items`` (ids, file sizes and mtimes, or pixel hashes):
+    equal stamps mean the same images, so saved embeddings of them can be reused."""
     return _fingerprint("", [it.id for it in items], [_content_stamp(it) for it in items])
 
 
@@ -436,7 +465,7 @@ class IndexedRetriever:
             chunk = with_image[c * chunk_size : (c + 1) * chunk_size]
             emb_file = partial / f"chunk-{c:06d}.npy" if partial else None
             info_file = partial / f"chunk-{c:06d}.json" if partial else None
-            stamp = _chunk_stamp(chunk) if partial else ""
+            stamp = chunk_stamp(chunk) if partial else ""
             if emb_file and info_file and emb_file.is_file() and info_file.is_file():
                 try:
                     info = read_json(info_file)
@@ -479,28 +508,8 @@ class IndexedRetriever:
     def _encode_chunk(
         self, chunk: Sequence[Item], max_image_pixels: int | None
     ) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
-        """Embeddings, ids and skip records of one chunk; images over the pixel limit are
-        skipped from their headers, unreadable ones by the encoder."""
-        from vistrieve.utils.images import ImageLoadError, check_image_pixels, describe_image
-
-        skipped: list[dict[str, str]] = []
-        todo: list[Item] = []
-        for it in chunk:
-            try:
-                check_image_pixels(it.image, max_image_pixels)
-            except ImageLoadError as exc:
-                logger.warning("skipping image %s: %s", describe_image(it.image), exc)
-                skipped.append({"id": it.id, "source": describe_image(it.image), "error": str(exc)})
-                continue
-            todo.append(it)
-        emb, ok, failures = encode_tolerant(self.encoder, [it.image for it in todo])
-        skipped += [
-            {"id": todo[f.index].id, "source": f.source, "error": f.error} for f in failures
-        ]
-        # Report in corpus order whatever the reason.
-        order = {it.id: n for n, it in enumerate(chunk)}
-        skipped.sort(key=lambda r: order[r["id"]])
-        return emb, [todo[i].id for i in ok], skipped
+        """Embeddings, ids and skip records of one chunk (see :func:`encode_items`)."""
+        return encode_items(self.encoder, chunk, max_image_pixels)
 
     def _fill(
         self,
@@ -749,6 +758,8 @@ __all__ = [
     "IndexedRetriever",
     "caption_ids",
     "check_consistency",
+    "chunk_stamp",
+    "encode_items",
     "encode_tolerant",
     "read_corpus",
     "read_retriever_meta",

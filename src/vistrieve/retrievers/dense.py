@@ -137,6 +137,87 @@ class DenseRetriever(IndexedRetriever):
         )
         return retriever
 
+    @classmethod
+    def from_embeddings(
+        cls,
+        encoder: Encoder,
+        corpus: Mapping[str, Item],
+        embeddings: np.ndarray,
+        ids: Sequence[str],
+        *,
+        skipped: Sequence[Mapping[str, str]] = (),
+        index: str | Index = "exact",
+        directory: str | os.PathLike[str] | None = None,
+        index_captions: bool = True,
+        **kwargs: Any,
+    ) -> DenseRetriever:
+        """Index image embeddings computed elsewhere (e.g. by a distributed encoding run),
+        then the captions as :meth:`build` does, and save the same directory it saves.
+
+        Args:
+            encoder: The dual encoder the embeddings came from (its spec is saved, and it
+                encodes the captions and later the queries).
+            corpus: All items; ``ids`` name those whose image was encoded.
+            embeddings: float32 ``(len(ids), encoder.dim)``, one row per id.
+            ids: Item ids of the rows, in corpus order.
+            skipped: Records (``id``, ``source``, ``error``) of images that could not be
+                read, kept in the build report.
+            index: Index spec for the images, as in :meth:`build`.
+            directory: Where to save the retriever (None: keep it in memory).
+            index_captions: Also build a caption index for image -> text retrieval.
+            **kwargs: Passed to the constructor (``name``, ``composed_mode``).
+
+        Raises:
+            ValueError: the corpus is empty, the shape does not match ``ids`` and the
+                encoder, values are not finite, or an id is unknown, repeated or out of
+                corpus order.
+        """
+        t0 = time.perf_counter()
+        corpus = Corpus(corpus)
+        if len(corpus) == 0:
+            raise ValueError("cannot build a retriever over an empty corpus")
+        ids = list(ids)
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.shape != (len(ids), encoder.dim):
+            raise ValueError(
+                f"embeddings have shape {embeddings.shape}, expected ({len(ids)}, {encoder.dim}) "
+                f"for {len(ids)} ids and encoder {encoder.name!r}"
+            )
+        if not np.isfinite(embeddings).all():
+            raise ValueError("embeddings hold NaN or infinite values; encode them again")
+        position = {item_id: n for n, item_id in enumerate(corpus.keys())}
+        last = -1
+        for item_id in ids:
+            n = position.get(item_id)
+            if n is None:
+                raise ValueError(f"embedding id {item_id!r} is not an item of the corpus")
+            if n <= last:
+                raise ValueError(
+                    f"embedding id {item_id!r} is repeated or out of corpus order; give the "
+                    "rows in corpus order"
+                )
+            last = n
+        report = BuildReport(
+            n_items=len(corpus), n_indexed=len(ids), skipped=[dict(r) for r in skipped]
+        )
+        image_index = create_index(index, encoder.dim, model=encoder.name)
+        text_index = create_index("exact", encoder.dim, model=encoder.name)
+        retriever = cls(
+            encoder,
+            image_index,
+            corpus,
+            text_index=text_index if index_captions else None,
+            **kwargs,
+        )
+        if ids:
+            retriever._add_features(image_index, embeddings, ids)
+        if index_captions:
+            retriever._index_captions(corpus, report)
+            if retriever.text_index is not None and not len(retriever.text_index):
+                retriever.text_index = None
+        retriever._finish_build(report, t0, directory)
+        return retriever
+
     # ------------------------------------------------------------------ hooks
     def _add_features(self, index: Any, features: np.ndarray, ids: Sequence[str]) -> None:
         index.add(features, ids)
