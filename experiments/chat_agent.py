@@ -58,6 +58,15 @@ class FixedQuestions:
         return FALLBACK_QUESTIONS[len(turns) % len(FALLBACK_QUESTIONS)]
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
 def _configs(args: argparse.Namespace, vocab: Any, evidence: CandidateEvidence) -> dict[str, Any]:
     q = CandidateQuestioner(evidence, k=args.k_candidates, temperature=args.temperature)
     rules = RuleReformulator(vocab)
@@ -91,15 +100,20 @@ def _configs(args: argparse.Namespace, vocab: Any, evidence: CandidateEvidence) 
             confirm_weight=0.0,
             deny_weight=0.0,
         ),
-        "candidate questions, rules, accumulated + answer consistency": dict(
-            questioner=q,
-            reformulator=rules,
-            accumulate=True,
-            confirm_weight=args.confirm,
-            deny_weight=args.deny,
-        ),
     }
-    if args.llm:
+    for c in args.confirm:
+        for d in args.deny:
+            label = "candidate questions, rules, accumulated + answer consistency"
+            if len(args.confirm) * len(args.deny) > 1:
+                label += f" (confirm {c:g}, deny {d:g})"
+            configs[label] = dict(
+                questioner=q,
+                reformulator=rules,
+                accumulate=True,
+                confirm_weight=c,
+                deny_weight=d,
+            )
+    if args.llm is not None:
         from vistrieve.llm import CachedLLM, ReplayCache, load_smollm2
         from vistrieve.query_rewriting.dialog_agent import LLMCandidateQuestioner
 
@@ -109,8 +123,8 @@ def _configs(args: argparse.Namespace, vocab: Any, evidence: CandidateEvidence) 
             questioner=LLMCandidateQuestioner(llm, q),
             reformulator=rules,
             accumulate=True,
-            confirm_weight=args.confirm,
-            deny_weight=args.deny,
+            confirm_weight=args.confirm[0],
+            deny_weight=args.deny[0],
         )
     return configs
 
@@ -126,8 +140,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k-candidates", type=int, default=50)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--confirm", type=float, default=None)
-    p.add_argument("--deny", type=float, default=None)
+    p.add_argument(
+        "--confirm", type=_floats, default=None, help="comma-separated: one row per value"
+    )
+    p.add_argument("--deny", type=_floats, default=None, help="comma-separated: one row per value")
     p.add_argument("--only", action="append", help="run configurations containing this text")
     p.add_argument(
         "--llm",
@@ -160,8 +176,8 @@ def main() -> int:
         vocab: Any = ShapesAttributes()
         texts_of = lambda i: corpus[i].captions  # noqa: E731
         spec = args.encoder or "shapes-clip"
-        args.confirm = 2.0 if args.confirm is None else args.confirm
-        args.deny = 2.0 if args.deny is None else args.deny
+        args.confirm = [2.0] if args.confirm is None else args.confirm
+        args.deny = [2.0] if args.deny is None else args.deny
     else:
         from vistrieve.evals.datasets import load_flickr8k, split_by_image
 
@@ -177,19 +193,29 @@ def main() -> int:
         if args.captioner:
             from vistrieve.query_rewriting import load_captioner
 
-            if args.split != "test":
-                raise SystemExit("--captioner is banked on the train split: use --split test")
             gallery = sorted(corpus)
-            descriptions = load_captioner(args.captioner).describe(
-                [corpus[i].image for i in gallery]
-            )
+            captioner = load_captioner(args.captioner)
+            images = [corpus[i].image for i in gallery]
+            if args.split == "train":
+                # The bank holds these images' own captions: describe each without them.
+                from vistrieve.utils.images import load_image
+
+                if len(captioner.image_of) != sum(len(train[i].captions) for i in train.ids):
+                    raise SystemExit(f"{args.captioner} was not banked on this train split")
+                row = {i: r for r, i in enumerate(train.ids)}
+                feats = np.asarray(captioner.encoder.encode_image([load_image(x) for x in images]))
+                descriptions = captioner.describe_features(
+                    feats, n=5, exclude=[row[i] for i in gallery]
+                )
+            else:
+                descriptions = captioner.describe(images)
             described = dict(zip(gallery, descriptions, strict=True))
             texts_of = lambda i: described.get(i, ())  # noqa: E731
         spec = args.encoder or "lit:runs/lit"
         # 2.0 / 2.0 chosen on the train split (200 dialogs over its 800 images) with
         # bridge-lite1, among confirm, deny in {1, 2, 3, 4} and temperature in {0.5, 1}.
-        args.confirm = 2.0 if args.confirm is None else args.confirm
-        args.deny = 2.0 if args.deny is None else args.deny
+        args.confirm = [2.0] if args.confirm is None else args.confirm
+        args.deny = [2.0] if args.deny is None else args.deny
     out = Path(args.out or f"runs/chat-agent-{args.world}-{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     cached = CachedUser(user, out / "answers.json")
@@ -227,7 +253,8 @@ def main() -> int:
         f"{args.rounds} rounds, encoder {spec}, user {user.name}, evidence "
         f"{'captioner ' + Path(args.captioner).name if args.captioner else 'human captions'}; "
         f"k_candidates {args.k_candidates}, temperature {args.temperature}, "
-        f"confirm {args.confirm}, deny {args.deny}"
+        f"confirm {','.join(f'{c:g}' for c in args.confirm)}, "
+        f"deny {','.join(f'{d:g}' for d in args.deny)}"
     )
     table = dialog_table(results, title=title)
     if notes:
