@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where indexes are built (tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the built indexes")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "scale.jsonl"))
-    parser.add_argument("--png", default=str(ROOT / "docs" / "img" / "bench_scale.png"))
+    parser.add_argument("--png", default=str(ROOT / "docs" / "images" / "bench_scale.png"))
     args = parser.parse_args(argv)
 
     if args.one:
