@@ -18,6 +18,7 @@ from vistrieve.distributed import (  # noqa: E402
     MANIFEST_FILE,
     RayUnavailableError,
     encode_with_ray,
+    iter_shards,
     load_shards,
 )
 from vistrieve.encoders import create_encoder  # noqa: E402
@@ -90,6 +91,11 @@ def test_embeddings_equal_single_process(
     np.testing.assert_allclose(emb, reference, atol=1e-5)
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert [s["shard"] for s in manifest["shards"]] == [0, 1, 2, 3]
+    # One shard at a time (what build_ivf_disk consumes), in the same order.
+    parts = list(iter_shards(out))
+    assert [len(i) for _, i, _ in parts] == [r["rows"] for r in manifest["shards"]]
+    np.testing.assert_array_equal(np.concatenate([e for e, _, _ in parts]), emb)
+    assert [x for _, i, _ in parts for x in i] == ids
 
 
 def _copy_run(encoded: tuple[Path, Any], dest: Path) -> Path:

@@ -12,6 +12,7 @@ from vistrieve.distributed.ray_encode import (
     RayUnavailableError,
     ShardRecord,
     encode_with_ray,
+    iter_shards,
     load_shards,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "RayUnavailableError",
     "ShardRecord",
     "encode_with_ray",
+    "iter_shards",
     "load_shards",
 ]

@@ -527,17 +527,19 @@ def _run(
     return dim
 
 
-def load_shards(
+def iter_shards(
     directory: str | os.PathLike[str], *, dim: int | None = None
-) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
-    """Read the shards of a finished :func:`encode_with_ray` run back, in order.
+) -> Iterator[tuple[np.ndarray, list[str], list[dict[str, str]]]]:
+    """Yield the shards of a finished :func:`encode_with_ray` run one at a time, in order,
+    each checked against the manifest, so that a consumer holds one shard in memory
+    (``build_ivf_disk(((e, i) for e, i, _ in iter_shards(d)), ...)``).
 
     Args:
         directory: The run's output folder.
-        dim: Width of the empty array returned when no image was encoded.
+        dim: Width expected when the manifest records none.
 
-    Returns:
-        ``(embeddings float32 (n, dim), ids, skip records)``, in corpus order.
+    Yields:
+        ``(embeddings float32 (rows, dim), ids, skip records)`` per shard.
 
     Raises:
         FileNotFoundError: no ``manifest.json`` in ``directory``.
@@ -561,9 +563,6 @@ def load_shards(
             f"{missing[:5]}); run the encoding again with resume to finish them",
             root,
         )
-    embs: list[np.ndarray] = []
-    ids: list[str] = []
-    skipped: list[dict[str, str]] = []
     width = manifest.get("dim") or dim
     for r in records:
         npy = root / r["file"]
@@ -589,12 +588,40 @@ def load_shards(
                 f"width {width}",
                 npy,
             )
+        yield emb.astype(np.float32, copy=False), list(info["ids"]), list(info["skipped"])
+
+
+def load_shards(
+    directory: str | os.PathLike[str], *, dim: int | None = None
+) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
+    """Read the shards of a finished :func:`encode_with_ray` run back, in order, as one array
+    (see :func:`iter_shards` for one shard at a time).
+
+    Args:
+        directory: The run's output folder.
+        dim: Width of the empty array returned when no image was encoded.
+
+    Returns:
+        ``(embeddings float32 (n, dim), ids, skip records)``, in corpus order.
+
+    Raises:
+        FileNotFoundError: no ``manifest.json`` in ``directory``.
+        IntegrityError: the run is unfinished, or a shard is damaged (checksum, shape).
+    """
+    embs: list[np.ndarray] = []
+    ids: list[str] = []
+    skipped: list[dict[str, str]] = []
+    width = dim
+    for emb, shard_ids, shard_skipped in iter_shards(directory, dim=dim):
         embs.append(emb)
-        ids.extend(info["ids"])
-        skipped.extend(info["skipped"])
+        ids.extend(shard_ids)
+        skipped.extend(shard_skipped)
+        width = emb.shape[1]
     if not embs:
+        manifest = read_json(Path(directory) / MANIFEST_FILE)
+        width = manifest.get("dim") or width
         return np.empty((0, width or 0), dtype=np.float32), ids, skipped
-    return np.concatenate(embs).astype(np.float32, copy=False), ids, skipped
+    return np.concatenate(embs), ids, skipped
 
 
 __all__ = [
@@ -607,6 +634,7 @@ __all__ = [
     "check_address",
     "encode_with_ray",
     "import_ray",
+    "iter_shards",
     "load_shards",
     "ray_runtime",
 ]
