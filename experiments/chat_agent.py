@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vistrieve.cli.train import comma_floats
 from vistrieve.encoders import create_encoder, parse_encoder_spec
 from vistrieve.evals.dialog import (
     AgentDialogResult,
@@ -56,15 +57,6 @@ class FixedQuestions:
 
     def __call__(self, caption: str, turns: Any, ranking: Any) -> str:
         return FALLBACK_QUESTIONS[len(turns) % len(FALLBACK_QUESTIONS)]
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
 
 
 def _configs(args: argparse.Namespace, vocab: Any, evidence: CandidateEvidence) -> dict[str, Any]:
@@ -141,9 +133,11 @@ def main() -> int:
     p.add_argument("--k-candidates", type=int, default=50)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument(
-        "--confirm", type=_floats, default=None, help="comma-separated: one row per value"
+        "--confirm", type=comma_floats, default=None, help="comma-separated: one row per value"
     )
-    p.add_argument("--deny", type=_floats, default=None, help="comma-separated: one row per value")
+    p.add_argument(
+        "--deny", type=comma_floats, default=None, help="comma-separated: one row per value"
+    )
     p.add_argument("--only", action="append", help="run configurations containing this text")
     p.add_argument(
         "--llm",

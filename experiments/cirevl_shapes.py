@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+
+from _composed import CaptionPlusModification, DropModality
 
 from vistrieve.data.shapes import ShapesWorld
 from vistrieve.encoders import create_encoder
@@ -27,32 +28,6 @@ from vistrieve.query_rewriting.captioner import PrefixCaptioner
 from vistrieve.query_rewriting.cirevl import CachedCaptioner, CIReVLRewriter
 from vistrieve.recipes.shapes.captioner import train_shapes_captioner
 from vistrieve.retrievers.dense import DenseRetriever
-from vistrieve.types import Hit, Query
-
-
-class _Drop:
-    """Keeps only the image or only the text of composed queries (the unimodal baselines)."""
-
-    def __init__(self, inner: DenseRetriever, keep: str) -> None:
-        self.inner, self.keep, self.name = inner, keep, f"{keep}-only"
-
-    def retrieve(self, queries: Sequence[Query], k: int = 10) -> list[list[Hit]]:
-        qs = [Query(image=q.image) if self.keep == "image" else Query(text=q.text) for q in queries]
-        return self.inner.retrieve(qs, k=k)
-
-
-class _Concat:
-    """Caption of the reference + the modification, no LLM (the caption baseline)."""
-
-    def __init__(self, captioner: CachedCaptioner) -> None:
-        self.captioner = captioner
-
-    def rewrite(self, queries: Sequence[Query]) -> list[list[Query]]:
-        caps = self.captioner.caption([q.image for q in queries])
-        return [[Query(text=f"{c}, {q.text}", id=q.id)] for c, q in zip(caps, queries, strict=True)]
-
-    def cost(self) -> dict[str, float]:
-        return self.captioner.cost()
 
 
 def main() -> int:
@@ -78,10 +53,12 @@ def main() -> int:
     dense = DenseRetriever.build(encoder, data.corpus)
     llm = load_smollm2(args.smollm2, max_new_tokens=40)
     methods = {
-        "image only": _Drop(dense, "image"),
-        "text only": _Drop(dense, "text"),
+        "image only": DropModality(dense, "image"),
+        "text only": DropModality(dense, "text"),
         "late fusion (image + text embeddings)": dense,
-        "caption + modification (no LLM)": RetrievalPipeline(dense, rewriter=_Concat(captioner)),
+        "caption + modification (no LLM)": RetrievalPipeline(
+            dense, rewriter=CaptionPlusModification(captioner)
+        ),
         "CIReVL, SmolLM2-135M zero-shot": RetrievalPipeline(
             dense,
             rewriter=CIReVLRewriter(captioner, llm, cache=ReplayCache(Path(args.cache) / "llm")),

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _composed import CaptionPlusModification, DropModality
 
 from vistrieve.encoders import create_encoder, parse_encoder_spec
 from vistrieve.evals.caption_edits import caption_edit_queries
@@ -43,19 +44,7 @@ from vistrieve.pipeline import RetrievalPipeline
 from vistrieve.query_rewriting.captioner import RetrievalCaptioner
 from vistrieve.query_rewriting.cirevl import CIReVLRewriter
 from vistrieve.retrievers.dense import DenseRetriever
-from vistrieve.types import Hit, Query
 from vistrieve.utils.images import load_image
-
-
-class _Drop:
-    """Keeps only the image or only the text of composed queries (the unimodal baselines)."""
-
-    def __init__(self, inner: DenseRetriever, keep: str) -> None:
-        self.inner, self.keep, self.name = inner, keep, f"{keep}-only"
-
-    def retrieve(self, queries: Sequence[Query], k: int = 10) -> list[list[Hit]]:
-        qs = [Query(image=q.image) if self.keep == "image" else Query(text=q.text) for q in queries]
-        return self.inner.retrieve(qs, k=k)
 
 
 class _LeaveOwnOut:
@@ -81,17 +70,6 @@ class _Human:
 
     def caption(self, images: Sequence[Any]) -> list[str]:
         return [self.caption_of[str(i)] for i in images]
-
-
-class _Concat:
-    """Caption of the reference + the modification, no LLM (the caption baseline)."""
-
-    def __init__(self, captioner: Any) -> None:
-        self.captioner = captioner
-
-    def rewrite(self, queries: Sequence[Query]) -> list[list[Query]]:
-        caps = self.captioner.caption([q.image for q in queries])
-        return [[Query(text=f"{c}, {q.text}", id=q.id)] for c, q in zip(caps, queries, strict=True)]
 
 
 def _caption_table(captioner: RetrievalCaptioner, test: Any, seed: int) -> str:
@@ -160,11 +138,11 @@ def main() -> int:
     llm = load_smollm2(args.smollm2, max_new_tokens=40)
     cache = Path(args.cache)
     methods = {
-        "image only": _Drop(dense, "image"),
-        "text only (the modification)": _Drop(dense, "text"),
+        "image only": DropModality(dense, "image"),
+        "text only (the modification)": DropModality(dense, "text"),
         "late fusion (image + text embeddings)": dense,
         "retrieval caption + modification (no LLM)": RetrievalPipeline(
-            dense, rewriter=_Concat(leave_out)
+            dense, rewriter=CaptionPlusModification(leave_out)
         ),
         "CIReVL: retrieval caption, SmolLM2-135M": RetrievalPipeline(
             dense, rewriter=CIReVLRewriter(leave_out, llm, cache=ReplayCache(cache / "captioner"))

@@ -313,7 +313,8 @@ def _lit(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- bridge
-def _floats(text: str) -> list[float]:
+def comma_floats(text: str) -> list[float]:
+    """An argparse type: ``"0.3,0.4"`` -> ``[0.3, 0.4]``."""
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -336,13 +337,13 @@ def _add_bridge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument(
         "--weights",
-        type=_floats,
+        type=comma_floats,
         default=[0.3, 0.4, 0.5, 0.6, 0.7],
         help="fusion weights tried by cross-validation on the training images",
     )
     p.add_argument(
         "--regs",
-        type=_floats,
+        type=comma_floats,
         default=[1e-3, 1e-2],
         help="penalties toward the zero-shot start tried by cross-validation",
     )
@@ -445,4 +446,4 @@ def add_train_parser(sub: Any) -> None:
         t.set_defaults(func=func)
 
 
-__all__ = ["TRAINERS", "add_train_parser", "hash_data"]
+__all__ = ["TRAINERS", "add_train_parser", "comma_floats", "hash_data"]

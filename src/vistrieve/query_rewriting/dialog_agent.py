@@ -701,11 +701,16 @@ class LLMCandidateQuestioner:
 
 
 # ----------------------------------------------------------------------------- the agent
-def _corpus_texts(retriever: Any) -> Callable[[str], Sequence[str]] | None:
+def _corpus_of(retriever: Any) -> Any:
+    # A pipeline serves its first stage's corpus.
     corpus = getattr(retriever, "corpus", None)
     if corpus is None:
-        inner = getattr(retriever, "retriever", None)
-        corpus = getattr(inner, "corpus", None)
+        corpus = getattr(getattr(retriever, "retriever", None), "corpus", None)
+    return corpus
+
+
+def _corpus_texts(retriever: Any) -> Callable[[str], Sequence[str]] | None:
+    corpus = _corpus_of(retriever)
     if corpus is None:
         return None
 
@@ -736,9 +741,7 @@ def captioned_texts(
     Raises:
         ValueError: the retriever has no corpus.
     """
-    corpus = getattr(retriever, "corpus", None)
-    if corpus is None:
-        corpus = getattr(getattr(retriever, "retriever", None), "corpus", None)
+    corpus = _corpus_of(retriever)
     if corpus is None:
         raise ValueError(f"{type(retriever).__name__} has no corpus to describe")
 

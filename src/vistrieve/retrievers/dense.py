@@ -116,15 +116,7 @@ class DenseRetriever(IndexedRetriever):
         if len(corpus) == 0:
             raise ValueError("cannot build a retriever over an empty corpus")
         report = BuildReport(n_items=len(corpus))
-        image_index = create_index(index, encoder.dim, model=encoder.name)
-        text_index = create_index("exact", encoder.dim, model=encoder.name)
-        retriever = cls(
-            encoder,
-            image_index,
-            corpus,
-            text_index=text_index if index_captions else None,
-            **kwargs,
-        )
+        retriever = cls._empty(encoder, corpus, index, index_captions, **kwargs)
         retriever._fill(
             corpus,
             report,
@@ -200,23 +192,29 @@ class DenseRetriever(IndexedRetriever):
         report = BuildReport(
             n_items=len(corpus), n_indexed=len(ids), skipped=[dict(r) for r in skipped]
         )
-        image_index = create_index(index, encoder.dim, model=encoder.name)
-        text_index = create_index("exact", encoder.dim, model=encoder.name)
-        retriever = cls(
-            encoder,
-            image_index,
-            corpus,
-            text_index=text_index if index_captions else None,
-            **kwargs,
-        )
+        retriever = cls._empty(encoder, corpus, index, index_captions, **kwargs)
         if ids:
-            retriever._add_features(image_index, embeddings, ids)
+            retriever._add_features(retriever.image_index, embeddings, ids)
         if index_captions:
             retriever._index_captions(corpus, report)
             if retriever.text_index is not None and not len(retriever.text_index):
                 retriever.text_index = None
         retriever._finish_build(report, t0, directory)
         return retriever
+
+    @classmethod
+    def _empty(
+        cls, encoder: Encoder, corpus: Corpus, index: Any, index_captions: bool, **kwargs: Any
+    ) -> DenseRetriever:
+        """A retriever over ``corpus`` with empty image (and caption) indexes."""
+        text_index = create_index("exact", encoder.dim, model=encoder.name)
+        return cls(
+            encoder,
+            create_index(index, encoder.dim, model=encoder.name),
+            corpus,
+            text_index=text_index if index_captions else None,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ hooks
     def _add_features(self, index: Any, features: np.ndarray, ids: Sequence[str]) -> None:

@@ -147,11 +147,7 @@ def build_photo_captioner(
     from vistrieve.utils.images import load_image
 
     t0 = time.perf_counter()
-    enc = (
-        create_encoder(encoder, progress=progress)
-        if not hasattr(encoder, "encode_image")
-        else encoder
-    )
+    enc = create_encoder(encoder, progress=progress)  # an encoder passes through
     train, test = split_by_image(load_flickr8k(data_dir), n_train=n_train, seed=seed)
     captioner = RetrievalCaptioner.build(enc, train, progress=progress, name="photo-captioner")
     record: dict[str, Any] = {
