@@ -114,6 +114,31 @@ def test_exact_top_k_equals_numpy_ground_truth(metric: MetricName) -> None:
     assert [h.score for h in hits[0]] == pytest.approx(scores[0, :4].tolist())
 
 
+def test_batched_search_uses_long_faiss_blocks_and_restores_the_global(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # More rows than one long block, so the search crosses block boundaries.
+    x, q = _normal(exact_mod._FAISS_DB_BLOCK + 700, 20)
+    idx = _filled(ExactIndex(D), x)
+    seen: list[int] = []
+    knn = faiss.knn
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(faiss.cvar.distance_compute_blas_database_bs)
+        return knn(*args, **kwargs)
+
+    monkeypatch.setattr(faiss, "knn", spy)
+    before = faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_database_bs = 777
+    try:
+        _, pos = idx.search_arrays(q, 10)
+        assert faiss.cvar.distance_compute_blas_database_bs == 777
+    finally:
+        faiss.cvar.distance_compute_blas_database_bs = before
+    assert seen == [exact_mod._FAISS_DB_BLOCK]
+    np.testing.assert_array_equal(pos, _truth(x, q, 10))
+
+
 def test_float16_storage_recall_and_scores() -> None:
     x, q = _normal(2000, 64)
     idx = _filled(ExactIndex(D, dtype="float16"), x)
