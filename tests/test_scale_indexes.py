@@ -160,3 +160,45 @@ def test_ivf_disk_in_memory_add_remove_and_budget_rule(tmp_path) -> None:
     assert choose_ivf_params(10_000_000, 256, memory_budget_bytes=2**30)["m"] < 64
     with pytest.raises(ValueError, match="budget"):
         choose_ivf_params(10_000_000, 256, memory_budget_bytes=10**6)
+
+
+def test_ivf_disk_tuned_for_a_recall_target(tmp_path) -> None:
+    from vistrieve.indexes import build_ivf_disk, tune_search
+
+    data = _clustered(3200, 16)
+    x, q = data[:3000], data[3000:]  # the last 200 are held out as queries
+    shards = [
+        (x[s : s + 1000], [f"i{j}" for j in range(s, s + 1000)]) for s in range(0, 3000, 1000)
+    ]
+    index = build_ivf_disk(
+        iter(shards),
+        tmp_path / "ivf",
+        dim=16,
+        nlist=32,
+        m=4,
+        nprobe=1,
+        train_size=2000,
+        recall_target=0.95,
+        tune_queries=100,
+    )
+    tuning = index.tuning
+    assert tuning is not None and tuning["met"] and tuning["recall"] >= 0.95
+    assert (index.nprobe, index.k_factor) == (tuning["nprobe"], tuning["k_factor"]) != (1, 4)
+    reopened = load_index(tmp_path / "ivf")
+    assert reopened.tuning == tuning and reopened.nprobe == tuning["nprobe"]
+
+    # Held-out queries, truth from a second (numpy) implementation: the choice carries over.
+    truth = _brute(x, q, 10)
+    _, pos = reopened.search_arrays(q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)]) >= 0.9
+
+    # A lower target never needs more work; an unreachable one reports that it was missed.
+    low = tune_search(reopened, q, truth, recall_target=0.3, k_factors=(4,))
+    assert low["met"]
+    assert low["nprobe"] <= tuning["nprobe"] or low["k_factor"] < tuning["k_factor"]
+    capped = tune_search(reopened, q, truth, recall_target=1.0, nprobes=[1], k_factors=(1,))
+    assert not capped["met"] and (reopened.nprobe, reopened.k_factor) == (1, 1)
+    with pytest.raises(ValueError, match="truth must have shape"):
+        tune_search(reopened, q, truth[:, :5])
+    with pytest.raises(ValueError, match="recall_target"):
+        tune_search(reopened, q, truth, recall_target=1.5)

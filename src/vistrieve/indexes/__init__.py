@@ -27,7 +27,12 @@ from vistrieve.indexes.base import BaseIndex, IndexMismatchError, read_index_man
 from vistrieve.indexes.binary import BinaryHashIndex
 from vistrieve.indexes.exact import ExactIndex
 from vistrieve.indexes.faiss_index import FaissIndex
-from vistrieve.indexes.ivf_disk import IVFDiskIndex, build_ivf_disk, choose_ivf_params
+from vistrieve.indexes.ivf_disk import (
+    IVFDiskIndex,
+    build_ivf_disk,
+    choose_ivf_params,
+    tune_search,
+)
 from vistrieve.indexes.sharded import ShardedSearch
 from vistrieve.indexes.sq import SQ8Index
 from vistrieve.registry import Registry
@@ -150,4 +155,5 @@ __all__ = [
     "load_index",
     "read_index_manifest",
     "register_index_kind",
+    "tune_search",
 ]

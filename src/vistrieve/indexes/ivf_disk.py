@@ -153,6 +153,8 @@ class IVFDiskIndex(BaseIndex):
         self._on_disk = False
         self._codes: np.ndarray = np.empty((0, dim), dtype=np.int8)
         self._scales: np.ndarray = np.empty((0,), dtype=np.float32)
+        self.tuning: dict[str, Any] | None = None
+        """How ``nprobe`` and ``k_factor`` were chosen (:func:`tune_search`), if they were."""
 
     @property
     def factory(self) -> str:
@@ -172,11 +174,12 @@ class IVFDiskIndex(BaseIndex):
             "nprobe": self.nprobe,
             "refine": self.refine,
             "k_factor": self.k_factor,
+            **({"tuning": self.tuning} if self.tuning is not None else {}),
         }
 
     @classmethod
     def _from_manifest(cls, manifest: dict[str, Any]) -> BaseIndex:
-        return cls(
+        index = cls(
             manifest["dim"],
             metric=manifest["metric"],
             model=manifest.get("model"),
@@ -186,6 +189,8 @@ class IVFDiskIndex(BaseIndex):
             refine=bool(manifest["refine"]),
             k_factor=int(manifest["k_factor"]),
         )
+        index.tuning = manifest.get("tuning")
+        return index
 
     @property
     def faiss_index(self) -> Any:
@@ -361,6 +366,110 @@ def _load_mmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
+def _merge_topk(
+    best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, pos: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Running top-``k`` (score descending, position ascending) of two result blocks."""
+    cs, cp = np.concatenate([best[0], scores], 1), np.concatenate([best[1], pos], 1)
+    tie = np.where(cp < 0, np.iinfo(np.int64).max, cp)
+    order = np.lexsort((tie, -cs), axis=1)[:, :k]
+    return np.take_along_axis(cs, order, 1), np.take_along_axis(cp, order, 1)
+
+
+def tune_search(
+    index: IVFDiskIndex,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    *,
+    recall_target: float = 0.9,
+    k: int = 10,
+    self_positions: np.ndarray | None = None,
+    nprobes: Sequence[int] | None = None,
+    k_factors: Sequence[int] = (4, 16, 64),
+) -> dict[str, Any]:
+    """Choose the fastest ``nprobe`` and ``k_factor`` whose recall@k meets a target.
+
+    What autofaiss does after building: for each ``k_factor`` the smallest power-of-two
+    ``nprobe`` that reaches ``recall_target`` on ``queries`` is found by searching, each
+    qualifying setting is timed, and the fastest is set on ``index``. When none reaches
+    the target, the setting with the highest recall is set and ``met`` is ``False``.
+
+    Args:
+        index: The index to tune (its ``nprobe`` and ``k_factor`` are changed).
+        queries: Float queries (n, dim), e.g. a sample of the indexed vectors.
+        truth: Exact top-``k`` positions of each query (n, k), e.g. from a flat scan.
+        recall_target: Wanted mean recall@k (share of the exact top-k found).
+        k: Results per query.
+        self_positions: For queries that are indexed vectors, the position of each one;
+            it is removed from the results (``truth`` must leave it out too).
+        nprobes: Values tried (default: powers of two from 1 to ``nlist``).
+        k_factors: Re-scoring factors tried (only the first one without ``refine``).
+
+    Returns:
+        ``{"nprobe", "k_factor", "recall", "qps", "met", "tried"}``; ``tried`` lists
+        every setting searched with its recall (and queries/s where timed).
+
+    Raises:
+        ValueError: shapes that do not match, or a target outside (0, 1].
+    """
+    import time
+
+    queries = index._check_vectors(queries, "queries")
+    truth = np.asarray(truth, dtype=np.int64)
+    if truth.shape != (len(queries), k):
+        raise ValueError(f"truth must have shape ({len(queries)}, {k}), got {truth.shape}")
+    if not 0.0 < recall_target <= 1.0:
+        raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
+    if self_positions is not None and len(self_positions) != len(queries):
+        raise ValueError("self_positions needs one position per query")
+    probes = sorted(set(nprobes or [2**i for i in range(int(math.log2(index.nlist)) + 1)]))
+    factors = list(k_factors) if index.refine else [index.k_factor]
+    extra = 1 if self_positions is not None else 0
+
+    def run(nprobe: int, k_factor: int) -> tuple[float, float]:
+        index.nprobe, index.k_factor = nprobe, k_factor
+        t0 = time.perf_counter()
+        _, pos = index.search_arrays(queries, k + extra)
+        elapsed = time.perf_counter() - t0
+        if extra:
+            assert self_positions is not None
+            rows = [
+                [p for p in row if p != me][:k]
+                for row, me in zip(pos.tolist(), self_positions.tolist(), strict=True)
+            ]
+        else:
+            rows = pos.tolist()
+        found = [len(set(r) & set(t)) / k for r, t in zip(rows, truth.tolist(), strict=True)]
+        return float(np.mean(found)), len(queries) / max(elapsed, 1e-9)
+
+    tried: list[dict[str, Any]] = []
+    for k_factor in factors:
+        for nprobe in probes:
+            recall, qps = run(nprobe, k_factor)
+            tried.append({"nprobe": nprobe, "k_factor": k_factor, "recall": recall, "qps": qps})
+            if recall >= recall_target:
+                break
+    ok = [t for t in tried if t["recall"] >= recall_target]
+    if ok:
+        # Time the qualifying settings again, warm, so the choice does not favour the
+        # ones that happened to run after the pages were cached.
+        for t in ok:
+            t["qps"] = max(t["qps"], run(t["nprobe"], t["k_factor"])[1])
+        best = max(ok, key=lambda t: t["qps"])
+    else:
+        best = max(tried, key=lambda t: (t["recall"], t["qps"]))
+        logger.warning(
+            "no setting reaches recall@%d %.2f (best %.3f at nprobe %d, k_factor %d)",
+            k,
+            recall_target,
+            best["recall"],
+            best["nprobe"],
+            best["k_factor"],
+        )
+    index.nprobe, index.k_factor = int(best["nprobe"]), int(best["k_factor"])
+    return {**best, "met": bool(ok), "tried": tried}
+
+
 def build_ivf_disk(
     shards: Iterable[tuple[np.ndarray, Sequence[str]]],  # ids: any sequence of str
     path: str | os.PathLike[str],
@@ -376,6 +485,10 @@ def build_ivf_disk(
     expected_count: int | None = None,
     memory_budget_bytes: int | None = None,
     train_size: int | None = None,
+    recall_target: float | None = None,
+    tune_queries: int = 200,
+    tune_k: int = 10,
+    seed: int = 0,
 ) -> IVFDiskIndex:
     """Build an ``ivf_disk`` index at ``path`` from shards, holding one shard at a time.
 
@@ -397,6 +510,13 @@ def build_ivf_disk(
         memory_budget_bytes: RAM budget for :func:`choose_ivf_params`.
         train_size: Vectors gathered from the first shards for training
             (default ``max(65536, 64 x nlist)``).
+        recall_target: When set, ``nprobe`` and ``k_factor`` are chosen by
+            :func:`tune_search` for this recall@``tune_k``: ``tune_queries`` vectors of the
+            training sample are the queries, and their exact neighbours are computed
+            while the shards are added (one extra flat scan, shard by shard). The choice
+            and the measured recall are saved in the manifest (``"tuning"``).
+        tune_queries, tune_k, seed: Queries and ``k`` of the tuning, and the seed that
+            draws the queries.
 
     Returns:
         The saved index, reopened memory-mapped.
@@ -436,9 +556,21 @@ def build_ivf_disk(
             break
     if not buffered:
         raise ValueError("no shards given: nothing to index")
-    index.train(np.concatenate([v for v, _ in buffered])[:need])
+    sample = np.concatenate([v for v, _ in buffered])[:need]
+    index.train(sample)
     assert index._trained is not None
     trained = index._trained
+    tune_pos = tune_q = None
+    truth: tuple[np.ndarray, np.ndarray] | None = None
+    if recall_target is not None:
+        rng = np.random.default_rng(seed)
+        tune_pos = np.sort(rng.choice(len(sample), min(tune_queries, len(sample)), replace=False))
+        tune_q = np.ascontiguousarray(sample[tune_pos])
+        truth = (
+            np.full((len(tune_pos), tune_k + 1), -np.inf, dtype=np.float32),
+            np.full((len(tune_pos), tune_k + 1), -1, dtype=np.int64),
+        )
+    del sample
 
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.build.", dir=target.parent))
     try:
@@ -448,7 +580,7 @@ def build_ivf_disk(
         n = 0
 
         def add_shard(vecs: np.ndarray, ids: Sequence[str]) -> None:
-            nonlocal n
+            nonlocal n, truth
             vecs = index._check_vectors(vecs)
             new_ids = index._check_ids(ids, len(vecs))
             labels = np.arange(n, n + len(vecs), dtype=np.int64)
@@ -464,6 +596,14 @@ def build_ivf_disk(
                 scales.append(s)
             index._pos.update({i: n + j for j, i in enumerate(new_ids)})
             index._ids.extend(new_ids)
+            if truth is not None and tune_q is not None:
+                kk = min(tune_k + 1, len(vecs))
+                if metric == "ip":
+                    ts, tp = faiss.knn(tune_q, vecs, kk, metric=faiss.METRIC_INNER_PRODUCT)
+                else:
+                    ts, tp = faiss.knn(tune_q, vecs, kk, metric=faiss.METRIC_L2)
+                    ts = -ts
+                truth = _merge_topk(truth, ts, np.where(tp >= 0, tp + n, -1), tune_k + 1)
             n += len(vecs)
             logger.info("ivf_disk: %d vectors encoded (%d parts)", n, len(parts))
 
@@ -484,6 +624,28 @@ def build_ivf_disk(
         if refine:
             index._codes = np.memmap(staging / "codes.bin", dtype=np.int8, mode="r", shape=(n, dim))
             index._scales = np.concatenate(scales) if scales else np.empty((0,), np.float32)
+        if truth is not None and tune_pos is not None and tune_q is not None:
+            exact = [
+                [p for p in row if p != me][:tune_k]
+                for row, me in zip(truth[1].tolist(), tune_pos.tolist(), strict=True)
+            ]
+            if min(len(r) for r in exact) < tune_k:
+                raise ValueError(f"recall_target needs more than {tune_k} vectors; got {n}")
+            result = tune_search(
+                index,
+                tune_q,
+                np.array(exact, dtype=np.int64),
+                recall_target=recall_target or 0.0,
+                k=tune_k,
+                self_positions=tune_pos,
+            )
+            index.tuning = {
+                "recall_target": recall_target,
+                "k": tune_k,
+                "queries": len(tune_pos),
+                **{key: result[key] for key in ("nprobe", "k_factor", "recall", "qps", "met")},
+            }
+            logger.info("ivf_disk: tuned %s", index.tuning)
         index.save(target)
         del merged
         index._index = None
