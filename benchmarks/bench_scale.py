@@ -124,6 +124,23 @@ def neighbour_stats(x: np.ndarray) -> dict[str, float]:
     }
 
 
+def cluster_share(x: np.ndarray, k: int, seeds: int = 3) -> float:
+    """Share of the variance of ``x`` that k-means with ``k`` centroids explains (mean of
+    ``seeds`` runs): how much coarse cluster structure an IVF quantizer can use."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    total = float(((x - x.mean(0)) ** 2).sum())
+    shares = []
+    for s in range(seeds):
+        km = faiss.Kmeans(x.shape[1], k, niter=30, seed=s, min_points_per_centroid=1)
+        km.train(x)
+        _, assign = km.index.search(x, 1)
+        centroids = np.asarray(km.centroids)
+        shares.append(1.0 - float(((x - centroids[assign[:, 0]]) ** 2).sum()) / total)
+    return float(np.mean(shares))
+
+
 def calibrate(real: Path, d: int, out: Path, seeds: int = 3) -> dict[str, object]:
     """Fit :class:`SpectralGroups` to real embeddings (an ``(n, D)`` ``.npy``, D >= d).
 
@@ -153,6 +170,19 @@ def calibrate(real: Path, d: int, out: Path, seeds: int = 3) -> dict[str, object
             err = float(sum((got[k] - target[k]) ** 2 for k in keys))
             grid.append({"group": group, "between": between, **got, "sq_error": err})
     best = min(grid, key=lambda r: r["sq_error"])
+    # Not fitted, only reported: coarse cluster structure, which the fit does not model.
+    # Real vectors are compared in their top-d principal subspace (renormalised), as the
+    # generator lives there.
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    proj = x @ vt[:d].T
+    proj /= np.linalg.norm(proj, axis=1, keepdims=True)
+    fitted_gen = SpectralGroups(
+        d, spectrum, float(np.linalg.norm(mean)), int(best["group"]), best["between"], 0
+    ).shard(0, len(x))
+    kmeans_share = {
+        str(k): {"real": cluster_share(proj, k), "generated": cluster_share(fitted_gen, k)}
+        for k in (4, 16, 64)
+    }
     record: dict[str, object] = {
         "source": str(real),
         "n_real": len(x),
@@ -162,6 +192,7 @@ def calibrate(real: Path, d: int, out: Path, seeds: int = 3) -> dict[str, object
         "group": best["group"],
         "between": best["between"],
         "fitted": {k: best[k] for k in keys},
+        "kmeans_share": kmeans_share,
         "variance_in_d": float(sum(spectrum[:d]) / sum(spectrum)),
         "mean_norm": float(np.linalg.norm(mean)),
         "spectrum": spectrum[: max(d, 512)],
@@ -383,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.calibrate:
         rec = calibrate(Path(args.calibrate), args.d, Path(args.calibration))
-        print(json.dumps({k: rec[k] for k in ("real", "group", "between", "fitted")}))
+        keys = ("real", "group", "between", "fitted", "kmeans_share")
+        print(json.dumps({k: rec[k] for k in keys}))
         return 0
     if not Path(args.calibration).is_file():
         parser.error(
