@@ -15,7 +15,8 @@ For each size N (each in its own subprocess, so that peak RSS is per size) it
   (the exact-search baseline in the same run);
 * searches the memory-mapped index: batched (all queries at once) and single (one query
   per call, ``--single`` of them); recall@10 against the exact top-10;
-* records peak RSS (``ru_maxrss``) against the budget.
+* records peak RSS (``ru_maxrss``) against the budget, and separately the peaks of
+  anonymous memory (heap) and of file-backed resident pages (the memory-mapped files).
 
 Then it draws a PNG plot and rewrites its section of ``docs/benchmarks.md`` with the
 results of every size in ``--results`` (JSON lines; sizes not re-run are kept).
@@ -219,6 +220,40 @@ def shards(gen: SpectralGroups, n: int, shard: int) -> Iterator[tuple[np.ndarray
         yield gen.shard(i, m), [str(j) for j in range(start, start + m)]
 
 
+class RssPeaks:
+    """Samples ``/proc/self/status`` in a thread: the peaks of anonymous memory (heap, which
+    must fit in RAM) and of file-backed resident pages (memory-mapped index files, which
+    the kernel can drop and re-read), which ``ru_maxrss`` counts together."""
+
+    def __init__(self, every_s: float = 0.02) -> None:
+        import threading
+
+        self.anon = self.file = 0
+        self._stop = threading.Event()
+        self._every = every_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    self.anon = max(self.anon, int(line.split()[1]) * 1024)
+                elif line.startswith("RssFile:"):
+                    self.file = max(self.file, int(line.split()[1]) * 1024)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self._read()
+
+    def stop(self) -> tuple[int, int]:
+        """Stop sampling; the peaks ``(anonymous, file-backed)`` in bytes."""
+        self._stop.set()
+        self._thread.join()
+        self._read()
+        return self.anon, self.file
+
+
 def run_one(args: argparse.Namespace, n: int) -> dict[str, object]:
     import faiss
 
@@ -231,6 +266,7 @@ def run_one(args: argparse.Namespace, n: int) -> dict[str, object]:
     params["nlist"] = min(params["nlist"], args.max_nlist)
     work = Path(tempfile.mkdtemp(prefix="bench_scale.", dir=args.workdir))
     path = work / "index"
+    peaks = RssPeaks()
     t0 = time.perf_counter()
     index = build_ivf_disk(
         shards(gen, n, args.shard),
@@ -275,6 +311,7 @@ def run_one(args: argparse.Namespace, n: int) -> dict[str, object]:
         index.search_arrays(queries[j : j + 1], args.k)
     single_s = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    anon, file_backed = peaks.stop()
     nprobe, k_factor, tuning = index.nprobe, index.k_factor, index.tuning
     del index
     if not args.keep:
@@ -295,6 +332,8 @@ def run_one(args: argparse.Namespace, n: int) -> dict[str, object]:
         "build_s": round(build_s, 1),
         "peak_rss_build_gb": round(rss_build / 2**30, 3),
         "peak_rss_gb": round(rss / 2**30, 3),
+        "peak_anon_gb": round(anon / 2**30, 3),
+        "peak_file_gb": round(file_backed / 2**30, 3),
         "budget_gb": args.budget_gb,
         "disk_gb": round(disk / 2**30, 3),
         "recall_at_10": round(recall, 4),
@@ -318,6 +357,8 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
     ax[0].plot(n, [r["build_s"] for r in rows], "o-")
     ax[0].set(xlabel="vectors (millions)", ylabel="build time (s)", title="build")
     ax[1].plot(n, [r["peak_rss_gb"] for r in rows], "o-", label="peak RSS")
+    if all("peak_anon_gb" in r for r in rows):
+        ax[1].plot(n, [r["peak_anon_gb"] for r in rows], "v-", label="peak heap (anon)")
     ax[1].plot(n, [r["disk_gb"] for r in rows], "s--", label="on disk")
     ax[1].axhline(float(rows[0]["budget_gb"]), color="r", ls=":", label="budget")  # type: ignore[arg-type]
     ax[1].set(xlabel="vectors (millions)", ylabel="GiB", title="memory")
@@ -345,16 +386,18 @@ def write_docs(rows: list[dict[str, object]], command: str, png: Path) -> None:
         "build time by `tune_search` for the recall target on indexed vectors (tuned recall);",
         "the recall column is measured on the held-out queries. 2 threads, 2-core machine.",
         "",
-        "| N | nlist | PQ bytes | nprobe | k_factor | build (s) | peak RSS (GiB) | budget "
+        "| N | nlist | PQ bytes | nprobe | k_factor | build (s) | peak RSS (GiB) | peak heap "
+        "| budget "
         "| disk (GiB) | tuned recall | recall@10 | batched q/s | single q/s | exact q/s "
         "| batched vs exact |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {int(r['n']):,} | {r['nlist']} | {r['m']} | {r['nprobe']} "  # type: ignore[call-overload]
             f"| {r.get('k_factor', '')} | {r['build_s']} "
-            f"| {r['peak_rss_gb']} | {r['budget_gb']} | {r['disk_gb']} "
+            f"| {r['peak_rss_gb']} | {r.get('peak_anon_gb', '')} | {r['budget_gb']} "
+            f"| {r['disk_gb']} "
             f"| {r.get('tuned_recall') or ''} | {r['recall_at_10']} "
             f"| {r['batched_qps']} | {r['single_qps']} | {r['exact_qps']} "
             f"| {r['speedup_vs_exact_batched']}x |"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -132,7 +134,14 @@ def test_ivf_disk_from_shards_is_memory_mapped_and_accurate(tmp_path) -> None:
     with pytest.raises(ValueError, match="read-only"):
         reopened.add(x[:1], ["new"])
     reopened.save(tmp_path / "copy")  # re-saving a memory-mapped index copies its lists
-    assert len(load_index(tmp_path / "copy")) == 3000
+    want = reopened.search_arrays(q, 10)
+    del reopened
+    shutil.rmtree(tmp_path / "ivf")  # the copy must not read the original's files
+    copy = load_index(tmp_path / "copy")
+    assert len(copy) == 3000
+    got_copy = copy.search_arrays(q, 10)
+    np.testing.assert_array_equal(got_copy[1], want[1])
+    np.testing.assert_allclose(got_copy[0], want[0])
 
     # Two shard indexes searched as one: the same top-k as one index over everything.
     build_ivf_disk(iter(shards[:3]), tmp_path / "a", dim=16, nlist=8, m=4, nprobe=8)
@@ -143,6 +152,26 @@ def test_ivf_disk_from_shards_is_memory_mapped_and_accurate(tmp_path) -> None:
     recall = np.mean([len(set(a_) & set(b_)) / 10 for a_, b_ in zip(got, truth, strict=True)])
     assert recall >= 0.9 and len(merged) == 3000
     assert all(row[i].score >= row[i + 1].score for row in hits for i in range(9))
+
+
+def test_chunked_npy_copy_from_memory_whole_file_and_partial_maps(tmp_path) -> None:
+    from vistrieve.indexes.ivf_disk import _save_npy_chunked
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(-128, 128, (1000, 12), dtype=np.int8)
+    raw = tmp_path / "raw.bin"
+    a.tofile(raw)
+    np.save(tmp_path / "a.npy", a)
+    sources = {
+        "memory": a,
+        "raw map": np.memmap(raw, dtype=np.int8, mode="r", shape=(1000, 12)),
+        "npy map": np.load(tmp_path / "a.npy", mmap_mode="r"),
+        "slice of a map": np.load(tmp_path / "a.npy", mmap_mode="r")[300:],
+    }
+    for name, src in sources.items():
+        out = tmp_path / f"{name}.npy"
+        _save_npy_chunked(out, src, 500, chunk=64)
+        np.testing.assert_array_equal(np.load(out), np.asarray(src[:500]), err_msg=name)
 
 
 def test_ivf_disk_in_memory_add_remove_and_budget_rule(tmp_path) -> None:

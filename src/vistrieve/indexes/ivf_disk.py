@@ -288,26 +288,28 @@ class IVFDiskIndex(BaseIndex):
             directory / "lists.ivfdata",
         )
         atomic_write(trained, lambda p: p.write_bytes(self._trained or b""))
-        # Merge the current lists (in memory or memory-mapped) into a new on-disk file.
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:
-            part = Path(tmp) / "part.faiss"
-            src = faiss.extract_index_ivf(self._index)
-            if self._on_disk:
-                merged = faiss.deserialize_index(np.frombuffer(self._trained, dtype=np.uint8))
-                vec = faiss.InvertedListsPtrVector()
-                vec.push_back(src.invlists)
-                out = faiss.OnDiskInvertedLists(src.nlist, src.code_size, str(lists_f))
-                ntotal = out.merge_from_multiple(vec.data(), vec.size(), False)
-                ivf = faiss.extract_index_ivf(merged)
-                ivf.ntotal = merged.ntotal = ntotal
-                ivf.replace_invlists(out, True)
-                out.this.disown()
-            else:
+        src = faiss.extract_index_ivf(self._index)
+        ondisk = faiss.downcast_InvertedLists(src.invlists) if self._on_disk else None
+        if isinstance(ondisk, faiss.OnDiskInvertedLists):
+            # Copied through read()/write(), not merged through two memory maps: a merge
+            # would map every list page of both files into this process (~2 x 72 B per
+            # vector counted as resident) and gains nothing, as the offsets stay valid.
+            _copy_file_bytes(Path(ondisk.filename), lists_f)
+            before = ondisk.filename
+            ondisk.filename = str(lists_f)
+            try:
+                faiss.write_index(self._index, str(index_f))
+            finally:
+                ondisk.filename = before
+        else:
+            # In-memory lists: merged into a new on-disk file.
+            with tempfile.TemporaryDirectory(dir=directory) as tmp:
+                part = Path(tmp) / "part.faiss"
                 faiss.write_index(self._index, str(part))
                 merged = faiss.deserialize_index(np.frombuffer(self._trained, dtype=np.uint8))
                 merge_ondisk(merged, [str(part)], str(lists_f))
-            faiss.write_index(merged, str(index_f))
-            del merged
+                faiss.write_index(merged, str(index_f))
+                del merged
         files = [trained, index_f, lists_f]
         if self.refine:
             fc, fs = directory / "refine_codes.npy", directory / "refine_scales.npy"
@@ -341,15 +343,50 @@ class IVFDiskIndex(BaseIndex):
             self._scales = load_npy(directory / "refine_scales.npy").astype(np.float32)
 
 
+def _copy_file_bytes(
+    src: Path, dest: Path, offset: int = 0, length: int | None = None, chunk: int = 1 << 24
+) -> None:
+    """Append ``length`` bytes of ``src`` from ``offset`` (default: to its end) to ``dest``,
+    by plain reads and writes (nothing is memory-mapped, so nothing counts as resident)."""
+    remaining = os.path.getsize(src) - offset if length is None else length
+    with open(src, "rb") as fin, open(dest, "ab") as fout:
+        fin.seek(offset)
+        while remaining > 0:
+            block = fin.read(min(chunk, remaining))
+            if not block:
+                raise ValueError(f"{src} ended {remaining} bytes early; rebuild the index")
+            fout.write(block)
+            remaining -= len(block)
+
+
 def _save_npy_chunked(path: Path, arr: np.ndarray, n: int, chunk: int = 1 << 18) -> None:
-    """Write ``arr[:n]`` as ``.npy`` atomically, copying in chunks (``arr`` may be a memmap)."""
+    """Write ``arr[:n]`` as ``.npy`` atomically, copying in chunks.
+
+    A memory-mapped ``arr`` that maps a whole file is copied from that file with plain
+    reads, and the output is written with plain writes: copying through memory maps would
+    count every page of both files as resident memory (2 x dim bytes per vector).
+    """
+    shape = (n, *arr.shape[1:])
+    header = {
+        "descr": np.lib.format.dtype_to_descr(arr.dtype),
+        "fortran_order": False,
+        "shape": shape,
+    }
+    row_bytes = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
+    source: tuple[Path, int] | None = None
+    if isinstance(arr, np.memmap) and arr.filename is not None and arr.flags.c_contiguous:
+        if os.path.getsize(arr.filename) == int(arr.offset) + arr.nbytes:
+            source = (Path(arr.filename), int(arr.offset))
 
     def _write(p: Path) -> None:
-        out = np.lib.format.open_memmap(p, mode="w+", dtype=arr.dtype, shape=(n, *arr.shape[1:]))
-        for s in range(0, n, chunk):
-            out[s : s + chunk] = arr[s : min(s + chunk, n)]
-        out.flush()
-        del out
+        with open(p, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+        if source is not None:
+            _copy_file_bytes(source[0], p, source[1], n * row_bytes)
+            return
+        with open(p, "ab") as fh:
+            for s in range(0, n, chunk):
+                fh.write(np.ascontiguousarray(arr[s : min(s + chunk, n)]).tobytes())
 
     atomic_write(path, _write)
 
