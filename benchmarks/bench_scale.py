@@ -47,7 +47,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench_scale:start -->", "<!-- bench_scale:end -->"
 CALIBRATION = ROOT / "benchmarks" / "results" / "scale_calibration.json"
 
 
@@ -88,17 +87,25 @@ class SpectralGroups:
         centres = rng.standard_normal((count, self.d), dtype=np.float32) * self.sd_between
         return centres, rng.integers(0, count, rows)
 
-    def _finish(self, z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        z += rng.standard_normal(z.shape, dtype=np.float32) * self.sd_within
-        x = z @ self.rot
-        x += self.mean
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    def _finish(
+        self, centres: np.ndarray, member: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        # In chunks of rows, so that the temporaries stay small next to the shard itself
+        # (the values are the same as in one piece: the generator's stream is sequential).
+        x = np.empty((len(member), self.d), dtype=np.float32)
+        for s in range(0, len(member), 32768):
+            z = centres[member[s : s + 32768]]
+            z += rng.standard_normal(z.shape, dtype=np.float32) * self.sd_within
+            out = x[s : s + 32768]
+            np.matmul(z, self.rot, out=out)
+            out += self.mean
+            out /= np.linalg.norm(out, axis=1, keepdims=True)
         return x
 
     def shard(self, i: int, rows: int) -> np.ndarray:
         """The vectors of shard ``i`` (``rows`` of them)."""
         centres, member = self._groups(i, rows)
-        return self._finish(centres[member], np.random.default_rng([self.seed, i, 1]))
+        return self._finish(centres, member, np.random.default_rng([self.seed, i, 1]))
 
     def queries(self, nq: int, n: int, shard: int) -> np.ndarray:
         """``nq`` new members of groups drawn at random positions of the ``n`` vectors."""
@@ -109,7 +116,7 @@ class SpectralGroups:
             take = np.flatnonzero(pos // shard == i)
             centres, member = self._groups(int(i), min(shard, n - int(i) * shard))
             z[take] = centres[member[pos[take] - int(i) * shard]]
-        return self._finish(z, rng)
+        return self._finish(z, np.arange(nq), rng)
 
 
 def neighbour_stats(x: np.ndarray) -> dict[str, float]:
@@ -373,9 +380,12 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
 
 
 def write_docs(rows: list[dict[str, object]], command: str, png: Path) -> None:
+    """Publish the table of every size measured as experiment ``bench-scale`` in
+    ``docs/benchmarks.md`` (:func:`vistrieve.evals.report.publish_table`)."""
+    from vistrieve.evals.report import publish_table
+
     rows = sorted(rows, key=lambda r: int(r["n"]))  # type: ignore[call-overload]
     lines = [
-        START,
         "## Scale: ivf_disk from shards at 1M, 3M, 10M vectors",
         "",
         f"`{command}` (written by the script). Unit vectors, d = 256, from the generator",
@@ -403,17 +413,8 @@ def write_docs(rows: list[dict[str, object]], command: str, png: Path) -> None:
             f"| {r['speedup_vs_exact_batched']}x |"
         )
     rel = Path(os.path.relpath(png, ROOT / "docs")).as_posix()
-    lines += ["", f"![scaling]({rel})", END]
-    doc = ROOT / "docs" / "benchmarks.md"
-    text = doc.read_text(encoding="utf-8")
-    block = "\n".join(lines)
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    from vistrieve.utils.io import atomic_write_bytes
-
-    atomic_write_bytes(doc, text.encode("utf-8"))
+    lines += ["", f"![scaling]({rel})"]
+    publish_table(ROOT / "docs" / "benchmarks.md", "bench-scale", "\n".join(lines), command=command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the built indexes")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "scale.jsonl"))
     parser.add_argument("--png", default=str(ROOT / "docs" / "images" / "bench_scale.png"))
+    parser.add_argument(
+        "--docs-only",
+        action="store_true",
+        help="measure nothing: redraw the plot and republish the table from --results",
+    )
     args = parser.parse_args(argv)
 
     if args.calibrate:
@@ -476,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             if line.strip():
                 r = json.loads(line)
                 old[int(r["n"])] = r
-    for n in args.sizes:
+    for n in [] if args.docs_only else args.sizes:
         cmd = [sys.executable, __file__, "--one", str(n), *(argv or sys.argv[1:])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -492,7 +498,10 @@ def main(argv: list[str] | None = None) -> int:
         png = Path(args.png)
         png.parent.mkdir(parents=True, exist_ok=True)
         plot(ok, png)
-        command = "python benchmarks/bench_scale.py " + " ".join(argv or sys.argv[1:])
+        used = argv or sys.argv[1:]
+        if args.docs_only:  # the run that measured them, as far as the rows tell
+            used = ["--sizes", *(str(r["n"]) for r in sorted(ok, key=lambda r: int(r["n"])))]
+        command = "python benchmarks/bench_scale.py " + " ".join(used)
         write_docs(ok, command, png)
     return 0
 
