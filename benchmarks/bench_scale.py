@@ -18,15 +18,17 @@ For each size N (each in its own subprocess, so that peak RSS is per size) it
 * records peak RSS (``ru_maxrss``) against the budget, and separately the peaks of
   anonymous memory (heap) and of file-backed resident pages (the memory-mapped files).
 
-Then it draws a PNG plot and rewrites its section of ``docs/benchmarks.md`` with the
-results of every size in ``--results`` (JSON lines; sizes not re-run are kept).
+Then it draws a PNG plot and writes a markdown table (``--report``) of every size in
+``--results`` (JSON lines; sizes not re-run are kept), which ``python experiments/run.py
+bench-scale`` (the whole run: 1M, 3M, 10M in a 4 GiB memory cgroup) publishes in
+``docs/benchmarks.md``.
 
 Usage::
 
     python benchmarks/bench_scale.py --calibrate \\
         ../shared/data/flickr30k-clip-vitl14-1k/flickr30k_image_embeddings.npy
-    python benchmarks/bench_scale.py --sizes 1000000 3000000
-    python benchmarks/bench_scale.py --sizes 10000000    # later, appends to the results
+    python experiments/run.py bench-scale
+    python benchmarks/bench_scale.py --sizes 1000000 --memory-limit-gb 4   # one size
 
 Needs disk for the index: about N x (m + 8 + d + 4) bytes (1.6 GB at 5M, m = 64).
 """
@@ -41,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -352,6 +354,42 @@ def run_one(args: argparse.Namespace, n: int) -> dict[str, object]:
     }
 
 
+_CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+class MemoryLimit:
+    """A Linux memory cgroup (v1, needs root) that a child process joins: the kernel then
+    holds it to ``limit`` bytes of memory, page cache of its mapped files included,
+    reclaiming cache first and killing the process only when that is not enough. So a run
+    that finishes inside it fits that much RAM, whatever ``ru_maxrss`` (which counts
+    reclaimable mapped pages too) says."""
+
+    def __init__(self, limit: int) -> None:
+        if not (_CGROUP_V1 / "memory.limit_in_bytes").is_file() or os.geteuid() != 0:
+            raise RuntimeError(
+                "--memory-limit-gb needs the cgroup v1 memory controller at "
+                f"{_CGROUP_V1} and root; run without it (peak RSS is still measured)"
+            )
+        self.path = _CGROUP_V1 / f"vistrieve-bench-scale-{os.getpid()}"
+        self.path.mkdir(exist_ok=True)
+        (self.path / "memory.limit_in_bytes").write_text(str(limit))
+        memsw = self.path / "memory.memsw.limit_in_bytes"
+        if memsw.is_file():  # no swapping around the limit either
+            memsw.write_text(str(limit))
+        self.limit = limit
+
+    def join(self) -> None:
+        """Move the calling process into the cgroup (a ``preexec_fn``)."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def peak(self) -> int:
+        """The highest memory use charged to the cgroup (anonymous + page cache), bytes."""
+        return int((self.path / "memory.max_usage_in_bytes").read_text())
+
+    def close(self) -> None:
+        self.path.rmdir()
+
+
 def plot(rows: list[dict[str, object]], out: Path) -> None:
     import matplotlib
 
@@ -379,42 +417,61 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
-def write_docs(rows: list[dict[str, object]], command: str, png: Path) -> None:
-    """Publish the table of every size measured as experiment ``bench-scale`` in
-    ``docs/benchmarks.md`` (:func:`vistrieve.evals.report.publish_table`)."""
-    from vistrieve.evals.report import publish_table
+def write_report(
+    out: Path,
+    rows: list[dict[str, object]],
+    command: str,
+    png: Path,
+    failed: Sequence[dict[str, object]] = (),
+) -> None:
+    """Write the table of every size measured to ``out`` (markdown; ``python
+    experiments/run.py bench-scale`` publishes it in ``docs/benchmarks.md``)."""
+    from vistrieve.utils.io import atomic_write_bytes
 
     rows = sorted(rows, key=lambda r: int(r["n"]))  # type: ignore[call-overload]
+    first = rows[0]
     lines = [
         "## Scale: ivf_disk from shards at 1M, 3M, 10M vectors",
         "",
-        f"`{command}` (written by the script). Unit vectors, d = 256, from the generator",
-        "calibrated on real CLIP ViT-L/14 image embeddings (`SpectralGroups`, fit in",
-        "`benchmarks/results/scale_calibration.json`); 1,000 queries, k = 10; recall@10",
+        f"`{command}`. Unit vectors, d = {first['d']}, from the generator calibrated on",
+        "real CLIP ViT-L/14 image embeddings (`SpectralGroups`, fit in",
+        f"`benchmarks/results/scale_calibration.json`); {first['nq']:,} queries, "
+        f"k = {first['k']}; recall@{first['k']}",
         "against the exact top-10 computed in the same run by streaming the shards through",
         "faiss's brute-force `knn`. `nprobe` and the re-scoring factor `k_factor` are chosen at",
         "build time by `tune_search` for the recall target on indexed vectors (tuned recall);",
-        "the recall column is measured on the held-out queries. 2 threads, 2-core machine.",
+        "the recall column is measured on the held-out queries. "
+        f"{first['threads']} threads, {os.cpu_count()} cores.",
         "",
         "| N | nlist | PQ bytes | nprobe | k_factor | build (s) | peak RSS (GiB) | peak heap "
-        "| budget "
+        "| budget | ran in a memory limit of "
         "| disk (GiB) | tuned recall | recall@10 | batched q/s | single q/s | exact q/s "
         "| batched vs exact |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {int(r['n']):,} | {r['nlist']} | {r['m']} | {r['nprobe']} "  # type: ignore[call-overload]
             f"| {r.get('k_factor', '')} | {r['build_s']} "
             f"| {r['peak_rss_gb']} | {r.get('peak_anon_gb', '')} | {r['budget_gb']} "
+            f"| {str(r['memory_limit_gb']) + ' GiB' if r.get('memory_limit_gb') else 'none'} "
             f"| {r['disk_gb']} "
             f"| {r.get('tuned_recall') or ''} | {r['recall_at_10']} "
             f"| {r['batched_qps']} | {r['single_qps']} | {r['exact_qps']} "
             f"| {r['speedup_vs_exact_batched']}x |"
         )
+    lines += [""] + [f"- N = {int(r['n']):,}: **failed**, {r['failed']}" for r in failed]  # type: ignore[call-overload]
+    lines += [
+        "",
+        "Peak RSS is `ru_maxrss`, which counts the resident pages of memory-mapped files",
+        "(reclaimable page cache) with the heap; peak heap is the anonymous memory alone. A",
+        "memory limit is a Linux memory cgroup the run was held to (`--memory-limit-gb`): the",
+        "kernel charges the page cache to it and kills the run only if the heap does not fit.",
+    ]
     rel = Path(os.path.relpath(png, ROOT / "docs")).as_posix()
-    lines += ["", f"![scaling]({rel})"]
-    publish_table(ROOT / "docs" / "benchmarks.md", "bench-scale", "\n".join(lines), command=command)
+    lines += ["", f"![scaling]({rel})", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, "\n".join(lines).encode("utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,9 +512,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "scale.jsonl"))
     parser.add_argument("--png", default=str(ROOT / "docs" / "images" / "bench_scale.png"))
     parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=None,
+        help="run each size inside a memory cgroup of this size (Linux, root)",
+    )
+    parser.add_argument(
         "--docs-only",
         action="store_true",
-        help="measure nothing: redraw the plot and republish the table from --results",
+        help="measure nothing: redraw the plot and rewrite the report from --results",
+    )
+    parser.add_argument(
+        "--report",
+        default=str(ROOT / "runs" / "bench-scale" / "report.md"),
+        help="the markdown table written at the end (experiments/run.py publishes it)",
     )
     args = parser.parse_args(argv)
 
@@ -484,12 +552,31 @@ def main(argv: list[str] | None = None) -> int:
                 old[int(r["n"])] = r
     for n in [] if args.docs_only else args.sizes:
         cmd = [sys.executable, __file__, "--one", str(n), *(argv or sys.argv[1:])]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        limit = None
+        if args.memory_limit_gb:
+            try:
+                limit = MemoryLimit(int(args.memory_limit_gb * 2**30))
+            except RuntimeError as exc:
+                parser.error(str(exc))
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, preexec_fn=limit.join if limit else None
+            )
+            cgroup_peak = limit.peak() if limit else None
+        finally:
+            if limit:
+                limit.close()
         if proc.returncode != 0:
+            why = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            if limit and proc.returncode in (-9, 137):
+                why = f"killed at the {args.memory_limit_gb} GiB memory limit ({why})"
             print(f"N={n} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            old[n] = {"n": n, "failed": proc.stderr.strip().splitlines()[-1][:200]}
+            old[n] = {"n": n, "failed": why}
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
+        if limit:
+            row["memory_limit_gb"] = args.memory_limit_gb
+            row["cgroup_peak_gb"] = round(cgroup_peak / 2**30, 3)  # type: ignore[operator]
         print(json.dumps(row), flush=True)
         old[n] = row
         results.write_text("".join(json.dumps(r) + "\n" for r in old.values()))
@@ -502,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.docs_only:  # the run that measured them, as far as the rows tell
             used = ["--sizes", *(str(r["n"]) for r in sorted(ok, key=lambda r: int(r["n"])))]
         command = "python benchmarks/bench_scale.py " + " ".join(used)
-        write_docs(ok, command, png)
+        failed = [r for r in old.values() if "failed" in r]
+        write_report(Path(args.report), ok, command, png, failed)
     return 0
 
 
