@@ -6,10 +6,11 @@ reopens any saved one by dispatching on its manifest.
 
 Index specs: ``"exact"`` (float32), ``"exact:float16"``, and ``"faiss:<factory string>"``
 for any FAISS index-factory string (``"faiss:HNSW32"``, ``"faiss:IVF256,PQ16"``),
-``"sq8"`` (8-bit codes, float re-scoring) and ``"ivf_disk"`` (IVF-PQ, inverted lists on
-disk; built from shards with :func:`~vistrieve.indexes.ivf_disk.build_ivf_disk`). Binary
-hash-code indexes (``"binary"``) are built by :class:`~vistrieve.indexes.binary.BinaryHashIndex`
-directly (they need a bit count, not a dimension).
+``"sq8"`` (8-bit codes, float re-scoring), ``"bf16"`` (bfloat16 rows, float re-scoring)
+and ``"ivf_disk"`` (IVF-PQ, inverted lists on disk; built from shards with
+:func:`~vistrieve.indexes.ivf_disk.build_ivf_disk`). Binary hash-code indexes
+(``"binary"``) are built by :class:`~vistrieve.indexes.binary.BinaryHashIndex` directly
+(they need a bit count, not a dimension).
 
 Example:
     >>> index = create_index("exact", dim=4)
@@ -34,7 +35,7 @@ from vistrieve.indexes.ivf_disk import (
     tune_search,
 )
 from vistrieve.indexes.sharded import ShardedSearch
-from vistrieve.indexes.sq import SQ8Index
+from vistrieve.indexes.sq import BF16Index, SQ8Index
 from vistrieve.registry import Registry
 from vistrieve.types import Index
 
@@ -45,6 +46,7 @@ INDEXES.register("exact")(ExactIndex)
 INDEXES.register("faiss")(FaissIndex)
 INDEXES.register("binary")(BinaryHashIndex)
 INDEXES.register("sq8")(SQ8Index)
+INDEXES.register("bf16")(BF16Index)
 INDEXES.register("ivf_disk")(IVFDiskIndex)
 
 
@@ -146,6 +148,7 @@ __all__ = [
     "FaissIndex",
     "IVFDiskIndex",
     "IndexMismatchError",
+    "BF16Index",
     "SQ8Index",
     "ShardedSearch",
     "build_ivf_disk",
