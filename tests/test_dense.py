@@ -213,3 +213,20 @@ def test_from_embeddings_equals_build(tmp_path: Path, encoder) -> None:  # type:
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         DenseRetriever.from_embeddings(encoder, corpus, bad, ids)
+
+
+@pytest.mark.parametrize("kind", ["sq8", "bf16"])
+def test_build_with_a_quantised_flat_index_saves_and_answers_like_exact(
+    tmp_path: Path,
+    encoder,  # type: ignore[no-untyped-def]
+    kind: str,
+) -> None:
+    corpus = _corpus(tmp_path, 8)
+    exact = DenseRetriever.build(encoder, corpus)
+    r = DenseRetriever.build(encoder, corpus, index=kind, directory=tmp_path / kind)
+    assert r.image_index.kind == kind
+    loaded = DenseRetriever.load(tmp_path / kind, encoder)
+    assert loaded.image_index.kind == kind
+    queries = [Query(text="a red circle"), Query(text="a blue square")]
+    want = [[h.id for h in row] for row in exact.retrieve(queries, k=3)]
+    assert [[h.id for h in row] for row in loaded.retrieve(queries, k=3)] == want

@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="index an image folder or a CSV/JSONL manifest")
     p.add_argument("source", help="image folder, or manifest (.csv/.tsv/.jsonl/.json)")
     p.add_argument("out", help="output directory for the retriever")
-    p.add_argument("--index", default="exact", help="exact | exact:float16 | faiss:<factory>")
+    p.add_argument(
+        "--index", default="exact", help="exact | exact:float16 | sq8 | bf16 | faiss:<factory>"
+    )
     p.add_argument("--image-root", help="base folder for relative paths in the manifest")
     p.add_argument("--skip-missing", action="store_true", help="skip rows whose image is missing")
     p.add_argument("--no-resume", action="store_true", help="ignore a partial earlier build")
