@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vistrieve.indexes.base import BaseIndex, Metric
+from vistrieve.indexes.sharded import merge_top_k
 from vistrieve.indexes.sq import quantize_rows
 from vistrieve.utils.io import atomic_save_npy, atomic_write, load_npy
 
@@ -403,16 +404,6 @@ def _load_mmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _merge_topk(
-    best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, pos: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Running top-``k`` (score descending, position ascending) of two result blocks."""
-    cs, cp = np.concatenate([best[0], scores], 1), np.concatenate([best[1], pos], 1)
-    tie = np.where(cp < 0, np.iinfo(np.int64).max, cp)
-    order = np.lexsort((tie, -cs), axis=1)[:, :k]
-    return np.take_along_axis(cs, order, 1), np.take_along_axis(cp, order, 1)
-
-
 def tune_search(
     index: IVFDiskIndex,
     queries: np.ndarray,
@@ -640,7 +631,9 @@ def build_ivf_disk(
                 else:
                     ts, tp = faiss.knn(tune_q, vecs, kk, metric=faiss.METRIC_L2)
                     ts = -ts
-                truth = _merge_topk(truth, ts, np.where(tp >= 0, tp + n, -1), tune_k + 1)
+                truth = merge_top_k(
+                    (truth[0], ts), (truth[1], np.where(tp >= 0, tp + n, -1)), tune_k + 1
+                )
             n += len(vecs)
             logger.info("ivf_disk: %d vectors encoded (%d parts)", n, len(parts))
 

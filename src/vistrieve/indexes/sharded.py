@@ -10,6 +10,17 @@ from vistrieve.indexes.base import BaseIndex
 from vistrieve.types import Hit
 
 
+def merge_top_k(
+    scores: Sequence[np.ndarray], keys: Sequence[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One top-``k`` per row from several result blocks ``(scores, keys)`` of the same
+    queries: score descending, then key ascending; key -1 (no result) sorts last."""
+    cs, ck = np.concatenate(list(scores), 1), np.concatenate(list(keys), 1)
+    tie = np.where(ck < 0, np.iinfo(np.int64).max, ck)
+    order = np.lexsort((tie, -cs), axis=1)[:, :k]
+    return np.take_along_axis(cs, order, 1), np.take_along_axis(ck, order, 1)
+
+
 class ShardedSearch:
     """One top-k over several indexes holding disjoint parts of a collection.
 
@@ -62,11 +73,7 @@ class ShardedSearch:
             s, p = shard.search_arrays(queries, k)
             all_s.append(s)
             all_k.append(np.where(p >= 0, (n << 40) + p, -1))
-        scores = np.concatenate(all_s, 1)
-        keys = np.concatenate(all_k, 1)
-        tie = np.where(keys < 0, np.iinfo(np.int64).max, keys)
-        order = np.lexsort((tie, -scores), axis=1)[:, :k]
-        return np.take_along_axis(scores, order, 1), np.take_along_axis(keys, order, 1)
+        return merge_top_k(all_s, all_k, k)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` :class:`~vistrieve.types.Hit` lists over all shards, best first."""
