@@ -189,14 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Positions of ExactIndex are insertion order, which are faiss's sequential labels.
     identical = float(np.mean([np.array_equal(a, b) for a, b in zip(pos, labels, strict=True)]))
-    overlap = float(
-        np.mean(
-            [
-                len(set(a) & set(b)) / args.k
-                for a, b in zip(pos.tolist(), labels.tolist(), strict=True)
-            ]
-        )
-    )
+    overlap = _recall(pos)
     exact_qps, faiss_qps, sq8_qps = args.nq / t_exact, args.nq / t_faiss, args.nq / t_sq8
     print(f"ExactIndex       : {t_exact:8.3f} s  {exact_qps:10.1f} queries/s")
     print(f"faiss IndexFlatIP: {t_faiss:8.3f} s  {faiss_qps:10.1f} queries/s")
