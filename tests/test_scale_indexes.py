@@ -240,3 +240,84 @@ def test_ivf_disk_tuned_for_a_recall_target(tmp_path) -> None:
         tune_search(reopened, q, truth[:, :5])
     with pytest.raises(ValueError, match="recall_target"):
         tune_search(reopened, q, truth, recall_target=1.5)
+
+
+def test_ivf_disk_fast_scan_builds_saves_and_reloads(tmp_path) -> None:
+    from vistrieve.indexes import IVFDiskIndex, build_ivf_disk
+
+    data = _clustered(3200, 16)
+    x, q = data[:3000], data[3000:]
+    shards = [(x[s : s + 750], [f"i{j}" for j in range(s, s + 750)]) for s in range(0, 3000, 750)]
+    index = build_ivf_disk(
+        iter(shards),
+        tmp_path / "fs",
+        dim=16,
+        nlist=16,
+        m=8,
+        nprobe=1,
+        train_size=2000,
+        recall_target=0.9,
+        tune_queries=100,
+        fast_scan=True,
+    )
+    assert isinstance(index, IVFDiskIndex) and index.fast_scan and len(index) == 3000
+    assert index.factory == "IVF16,PQ8x4fs"
+    files = {f.name for f in (tmp_path / "fs").iterdir()}
+    assert "lists.ivfdata" not in files and {"index.faiss", "refine_codes.npy"} <= files
+    tuning = index.tuning
+    assert tuning is not None and tuning["met"] and tuning["recall"] >= 0.91  # target + margin
+    assert tuning["k_factor"] in (16, 64, 256)
+    truth = _brute(x, q, 10)
+    scores, pos = index.search_arrays(q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)]) >= 0.85
+    # Re-scored with the 8-bit codes: the scores are the inner products up to quantisation.
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ x.T, pos, 1), atol=0.02)
+    with pytest.raises(ValueError, match="read-only"):
+        index.add(x[:1], ["new"])
+    index.save(tmp_path / "copy")
+    copy = load_index(tmp_path / "copy")
+    np.testing.assert_array_equal(copy.search_arrays(q, 10)[1], pos)
+
+    # Built in memory too; an odd m cannot be packed.
+    mem = create_index("ivf_disk", dim=16, nlist=8, m=4, fast_scan=True, nprobe=8, k_factor=16)
+    mem.add(x, [str(i) for i in range(3000)])
+    assert mem.remove(["0"]) == 1 and mem.search(x[5:6], 1)[0][0].id == "5"
+    with pytest.raises(ValueError, match="must be even"):
+        create_index("ivf_disk", dim=15, nlist=8, m=5, fast_scan=True)
+
+
+def test_ivf_budget_rule_counts_fast_scan_lists_in_ram() -> None:
+    from vistrieve.indexes import choose_ivf_params
+
+    pq = choose_ivf_params(10_000_000, 256, memory_budget_bytes=4 * 2**30)
+    fs = choose_ivf_params(10_000_000, 256, memory_budget_bytes=4 * 2**30, fast_scan=True)
+    assert fs["fast_scan"] and pq["m"] == 64 and fs["m"] == 128  # 64 bytes per code each
+    assert fs["ram_bytes"] - pq["ram_bytes"] == 10_000_000 * 72  # the lists are in RAM
+    assert fs["disk_bytes"] == pq["disk_bytes"]
+    # A budget too small for 64-byte codes in RAM: smaller codes, 4-bit ones included.
+    small = 10_000_000 * (64 + 8) * 2 - 1
+    assert choose_ivf_params(10_000_000, 256, memory_budget_bytes=small, fast_scan=True)["m"] == 64
+    assert choose_ivf_params(10_000_000, 256, memory_budget_bytes=small)["m"] == 32
+    assert create_index("ivf_disk", dim=256, fast_scan=True).m == 128
+
+
+def test_score_rows_matches_numpy_for_float_and_int8_rows() -> None:
+    from vistrieve.indexes.sq import quantize_rows, score_rows
+
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((50, 8)).astype(np.float32)
+    q = rng.standard_normal((7, 8)).astype(np.float32)
+    pos = rng.integers(0, 50, (7, 5))
+    want_ip = np.einsum("qcd,qd->qc", table[pos], q)
+    want_l2 = -((table[pos] - q[:, None, :]) ** 2).sum(-1)
+    for block in (1, 6, 1000):  # one query per block, a partial block, all at once
+        got = score_rows(table, pos, q, rows_per_block=block)
+        np.testing.assert_allclose(got, want_ip, rtol=1e-5, atol=1e-5)
+        got = score_rows(table, pos, q, metric="l2", rows_per_block=block)
+        np.testing.assert_allclose(got, want_l2, rtol=1e-5, atol=1e-4)
+    codes, scales = quantize_rows(table)
+    approx = codes.astype(np.float32) * scales[:, None]
+    got = score_rows(codes, pos, q, scales=scales, metric="l2")
+    np.testing.assert_allclose(got, -((approx[pos] - q[:, None, :]) ** 2).sum(-1), atol=1e-4)
+    got = score_rows(codes, pos, q, scales=scales)
+    np.testing.assert_allclose(got, np.einsum("qcd,qd->qc", approx[pos], q), atol=1e-4)
