@@ -321,3 +321,16 @@ def test_score_rows_matches_numpy_for_float_and_int8_rows() -> None:
     np.testing.assert_allclose(got, -((approx[pos] - q[:, None, :]) ** 2).sum(-1), atol=1e-4)
     got = score_rows(codes, pos, q, scales=scales)
     np.testing.assert_allclose(got, np.einsum("qcd,qd->qc", approx[pos], q), atol=1e-4)
+
+
+def test_a_loaded_index_builds_its_id_map_only_when_asked(tmp_path) -> None:
+    x = _unit(200, 8)
+    index = create_index("exact", dim=8)
+    index.add(x, [f"i{j}" for j in range(200)])
+    index.save(tmp_path / "e")
+    loaded = load_index(tmp_path / "e")
+    assert loaded.search(x[3:4], 1)[0][0].id == "i3"
+    assert loaded._pos_map is None  # searching needs positions, not the id -> position map
+    assert "i7" in loaded and "zz" not in loaded
+    assert loaded.remove(["i7"]) == 1 and "i7" not in loaded and "i8" in loaded
+    np.testing.assert_array_equal(loaded.labels_of(["i8"]), index.labels_of(["i8"]))

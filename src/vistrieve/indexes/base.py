@@ -104,11 +104,23 @@ class BaseIndex:
         self.metric = metric
         self.model = model
         self._ids: list[str] = []
-        self._pos: dict[str, int] = {}
+        self._pos_map: dict[str, int] | None = {}
         self._labels = np.empty((0,), dtype=np.int64)
         self._next_label = 0
 
     # -- ids ---------------------------------------------------------------------------
+    @property
+    def _pos(self) -> dict[str, int]:
+        """Position of each id. Built on first use: a loaded index that is only searched
+        never needs it, and at 10M ids it is ~0.6 GB."""
+        if self._pos_map is None:
+            self._pos_map = {i: p for p, i in enumerate(self._ids)}
+        return self._pos_map
+
+    @_pos.setter
+    def _pos(self, value: dict[str, int]) -> None:
+        self._pos_map = value
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -243,7 +255,7 @@ class BaseIndex:
         keep = np.ones(len(self._ids), dtype=bool)
         keep[positions] = False
         self._ids = [i for i, kept in zip(self._ids, keep.tolist(), strict=True) if kept]
-        self._pos = {i: p for p, i in enumerate(self._ids)}
+        self._pos_map = None
         self._labels = self._labels[keep]
         return int(len(positions))
 
@@ -380,10 +392,10 @@ class BaseIndex:
                 f"{root}/labels.npy must hold {count} increasing integer labels, got shape "
                 f"{labels.shape} ({labels.dtype}); rebuild the index"
             )
-        index._ids = ids
-        index._pos = {i: p for p, i in enumerate(ids)}
-        if len(index._pos) != count:
+        if len(set(ids)) != count:
             raise ValueError(f"{root}/ids.json holds duplicate ids; rebuild the index")
+        index._ids = ids
+        index._pos_map = None
         index._labels = labels.astype(np.int64)
         index._next_label = int(manifest.get("next_label", int(labels.max(initial=-1)) + 1))
         index._load_payload(root, manifest)
