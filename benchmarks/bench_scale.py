@@ -451,7 +451,9 @@ def write_report(
         "against the exact top-10 computed in the same run by streaming the shards through",
         "faiss's brute-force `knn`. `nprobe` and the re-scoring factor `k_factor` are chosen at",
         "build time by `tune_search` for the recall target on indexed vectors (tuned recall);",
-        "the recall column is measured on the held-out queries. "
+        "the recall column is measured on the held-out queries. A PQ code in RAM is a",
+        "4-bit fast-scan code (`fast_scan=True`: the lists are in RAM, the 8-bit re-scoring",
+        "codes memory-mapped); on disk, 8-bit PQ lists memory-mapped too. "
         f"{first['threads']} threads, {os.cpu_count()} cores.",
         "",
         "| N | nlist | PQ code | nprobe | k_factor | build (s) | peak RSS (GiB) | peak heap "
