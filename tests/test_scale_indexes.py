@@ -334,3 +334,15 @@ def test_a_loaded_index_builds_its_id_map_only_when_asked(tmp_path) -> None:
     assert "i7" in loaded and "zz" not in loaded
     assert loaded.remove(["i7"]) == 1 and "i7" not in loaded and "i8" in loaded
     np.testing.assert_array_equal(loaded.labels_of(["i8"]), index.labels_of(["i8"]))
+
+
+def test_random_read_advice_on_memory_maps_only(tmp_path) -> None:
+    import mmap
+
+    from vistrieve.utils.io import advise_random
+
+    np.save(tmp_path / "a.npy", np.arange(4096, dtype=np.int8))
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert advise_random(mapped) is hasattr(mmap, "MADV_RANDOM")
+    np.testing.assert_array_equal(mapped, np.load(tmp_path / "a.npy"))  # reads unchanged
+    assert advise_random(np.zeros(3)) is False  # not a memory map: nothing to advise

@@ -48,7 +48,7 @@ import numpy as np
 from vistrieve.indexes.base import BaseIndex, Metric
 from vistrieve.indexes.sharded import merge_top_k
 from vistrieve.indexes.sq import quantize_rows, score_rows
-from vistrieve.utils.io import atomic_save_npy, atomic_write, load_npy
+from vistrieve.utils.io import advise_random, atomic_save_npy, atomic_write, load_npy
 
 logger = logging.getLogger(__name__)
 
@@ -435,6 +435,7 @@ def _load_mmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"cannot read array file {path}: truncated or corrupt ({exc})") from exc
     if arr.shape != shape:
         raise ValueError(f"{path} holds {arr.shape}, the manifest says {shape}; rebuild the index")
+    advise_random(arr)
     return arr
 
 
@@ -711,9 +712,11 @@ def build_ivf_disk(
         index._index = merged
         index._labels = np.arange(n, dtype=np.int64)
         index._next_label = n
+        index._pos_map = None  # the duplicate checks are done; tuning and saving need no map
         index._on_disk = not fast_scan  # fast-scan lists are in RAM, saved like a fresh index
         if refine:
             index._codes = np.memmap(staging / "codes.bin", dtype=np.int8, mode="r", shape=(n, dim))
+            advise_random(index._codes)
             index._scales = np.concatenate(scales) if scales else np.empty((0,), np.float32)
         if truth is not None and tune_pos is not None and tune_q is not None:
             exact = [

@@ -373,3 +373,25 @@ def check_files(directory: Path, records: list[dict[str, Any]]) -> None:
                 "backup",
                 f,
             )
+
+
+def advise_random(arr: np.ndarray) -> bool:
+    """Tell the kernel that a memory-mapped array is read at random rows.
+
+    Without it every page fault on the mapping reads ahead up to 128 KiB, so re-scoring a
+    few hundred scattered rows per query reads ~30x the bytes it uses, and when the file
+    does not fit the page cache the reads evict each other (measured: 1.3 GB/s of disk
+    reads while searching a 10M-vector index in a 4 GiB memory limit).
+
+    Returns:
+        Whether the advice was given (False for an array that is not a whole-file
+        ``np.memmap`` or a platform without ``madvise``).
+    """
+    import mmap
+
+    mm = getattr(arr, "_mmap", None)  # np.memmap keeps its mmap.mmap here
+    advice = getattr(mmap, "MADV_RANDOM", None)
+    if not isinstance(mm, mmap.mmap) or advice is None:
+        return False
+    mm.madvise(advice)
+    return True
