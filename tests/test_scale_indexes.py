@@ -346,3 +346,22 @@ def test_random_read_advice_on_memory_maps_only(tmp_path) -> None:
     assert advise_random(mapped) is hasattr(mmap, "MADV_RANDOM")
     np.testing.assert_array_equal(mapped, np.load(tmp_path / "a.npy"))  # reads unchanged
     assert advise_random(np.zeros(3)) is False  # not a memory map: nothing to advise
+
+
+def test_score_rows_reads_memory_maps_in_parallel_chunks(tmp_path, monkeypatch) -> None:
+    from vistrieve.indexes import sq
+
+    rng = np.random.default_rng(2)
+    table = rng.integers(-127, 128, (3000, 16), dtype=np.int8)
+    scales = rng.random(3000).astype(np.float32)
+    np.save(tmp_path / "t.npy", table)
+    mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
+    rows = rng.integers(0, 3000, 5000)
+    np.testing.assert_array_equal(sq.gather_rows(mapped, rows), table[rows])  # threaded path
+    np.testing.assert_array_equal(sq.gather_rows(table, rows[:7]), table[rows[:7]])
+    q = rng.standard_normal((40, 16)).astype(np.float32)
+    pos = rng.integers(0, 3000, (40, 30))
+    want = sq.score_rows(table, pos, q, scales=scales)
+    monkeypatch.setattr(sq, "_GATHER_ROWS", 100)  # several gathers, partial last one
+    got = sq.score_rows(mapped, pos, q, scales=scales, rows_per_block=64)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)

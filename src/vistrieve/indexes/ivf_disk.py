@@ -703,7 +703,7 @@ def build_ivf_disk(
             for vecs, ids in it:
                 add_shard(vecs, ids)
         if resident is not None:
-            merged = resident
+            merged, resident = resident, None  # one reference, freed before the reload
         else:
             merged = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
             merge_ondisk(merged, parts, str(staging / "lists.ivfdata"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -81,6 +82,10 @@ def score_rows(
             block (rows x d floats) near the size of a core's L2 cache, which made the
             batched products ~8x faster than one large ``einsum``.
 
+    A memory-mapped ``table`` is read ``gather_rows`` candidate rows at a time by
+    :func:`gather_rows` (parallel page faults), so that a table larger than the page
+    cache is read at the disk's queue depth rather than one row at a time.
+
     Returns:
         float32 (nq, c) scores, higher is closer.
 
@@ -92,24 +97,72 @@ def score_rows(
     nq, c = positions.shape
     out = np.empty((nq, c), dtype=np.float32)
     step = max(1, rows_per_block // max(1, c))
+    outer = step * max(1, _GATHER_ROWS // max(1, step * c))
     q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     with torch.inference_mode():
-        for qs in range(0, nq, step):
-            p = positions[qs : qs + step]
-            rows = torch.from_numpy(np.asarray(table[p.ravel()])).view(*p.shape, -1).float()
-            q = q_all[qs : qs + step]
-            scores = torch.bmm(rows, q[:, :, None])[..., 0]
-            if metric == "l2":
-                if scales is not None:
-                    s = torch.from_numpy(scales[p.ravel()]).view(p.shape)
-                    scores *= s
-                    sq = (rows * rows).sum(-1) * s * s
-                else:
-                    sq = (rows * rows).sum(-1)
-                scores = 2 * scores - sq - (q * q).sum(-1, keepdim=True)
-            elif scales is not None:
-                scores *= torch.from_numpy(scales[p.ravel()]).view(p.shape)
-            out[qs : qs + step] = scores.numpy()
+        for gs in range(0, nq, outer):
+            gathered = gather_rows(table, positions[gs : gs + outer].ravel())
+            gathered = gathered.reshape(-1, c, *table.shape[1:])
+            for qs in range(gs, min(gs + outer, nq), step):
+                p = positions[qs : qs + step]
+                rows = torch.from_numpy(gathered[qs - gs : qs - gs + step]).float()
+                out[qs : qs + step] = _score_block(rows, q_all[qs : qs + step], p, scales, metric)
+    return out
+
+
+def _score_block(
+    rows: torch.Tensor, q: torch.Tensor, p: np.ndarray, scales: np.ndarray | None, metric: str
+) -> np.ndarray:
+    """Scores of a (b, c, d) block of candidate rows against its b queries."""
+    scores = torch.bmm(rows, q[:, :, None])[..., 0]
+    if metric == "l2":
+        if scales is not None:
+            s = torch.from_numpy(scales[p.ravel()]).view(p.shape)
+            scores *= s
+            sq = (rows * rows).sum(-1) * s * s
+        else:
+            sq = (rows * rows).sum(-1)
+        scores = 2 * scores - sq - (q * q).sum(-1, keepdim=True)
+    elif scales is not None:
+        scores *= torch.from_numpy(scales[p.ravel()]).view(p.shape)
+    return scores.numpy()
+
+
+_GATHER_ROWS = 1 << 16
+"""Candidate rows read per :func:`gather_rows` call in :func:`score_rows`."""
+_READERS = 16
+"""Threads reading a memory map at once: on this project's test machine, random 256-byte
+rows of a file outside the page cache were read at 12k rows/s by one thread, 34k by 4 and
+76k by 16 (each thread's page faults wait on the disk in parallel)."""
+_reader_pool: Any = None
+_reader_lock = threading.Lock()
+
+
+def gather_rows(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``table[rows]`` as a new array, read by several threads when ``table`` is a memory map.
+
+    Random rows of a memory-mapped file that is not in the page cache are read one page
+    fault at a time by one thread, at the disk's latency; split over
+    ``_READERS`` threads (numpy's copy releases the GIL) the faults overlap.
+    """
+    global _reader_pool
+    if not isinstance(table, np.memmap) or len(rows) < 4 * _READERS:
+        return np.asarray(table[rows])
+    with _reader_lock:
+        if _reader_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _reader_pool = ThreadPoolExecutor(_READERS, thread_name_prefix="vistrieve-read")
+        pool = _reader_pool
+    out = np.empty((len(rows), *table.shape[1:]), dtype=table.dtype)
+    bounds = np.linspace(0, len(rows), _READERS + 1).astype(np.int64).tolist()
+
+    def read(i: int) -> None:
+        a, b = bounds[i], bounds[i + 1]
+        out[a:b] = table[rows[a:b]]
+
+    for _ in pool.map(read, range(_READERS)):  # re-raises a reader's error here
+        pass
     return out
 
 
