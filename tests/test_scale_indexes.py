@@ -357,8 +357,12 @@ def test_score_rows_reads_memory_maps_in_parallel_chunks(tmp_path, monkeypatch) 
     np.save(tmp_path / "t.npy", table)
     mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
     rows = rng.integers(0, 3000, 5000)
-    np.testing.assert_array_equal(sq.gather_rows(mapped, rows), table[rows])  # threaded path
+    np.testing.assert_array_equal(sq.gather_rows(mapped, rows), table[rows])  # from the cache
     np.testing.assert_array_equal(sq.gather_rows(table, rows[:7]), table[rows[:7]])
+    monkeypatch.setattr(sq, "_CACHED_S", 0.0)  # every read looks like a disk read: threads
+    monkeypatch.setattr(sq, "_reader_pool", None)
+    np.testing.assert_array_equal(sq.gather_rows(mapped, rows), table[rows])
+    assert sq._reader_pool is not None
     q = rng.standard_normal((40, 16)).astype(np.float32)
     pos = rng.integers(0, 3000, (40, 30))
     want = sq.score_rows(table, pos, q, scales=scales)

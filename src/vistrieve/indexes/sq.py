@@ -28,6 +28,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -134,6 +135,9 @@ _READERS = 16
 """Threads reading a memory map at once: on this project's test machine, random 256-byte
 rows of a file outside the page cache were read at 12k rows/s by one thread, 34k by 4 and
 76k by 16 (each thread's page faults wait on the disk in parallel)."""
+_PROBE = 64
+_CACHED_S = 10e-6
+"""A row read faster than this came from the page cache (~0.1 us); one from disk ~80 us."""
 _reader_pool: Any = None
 _reader_lock = threading.Lock()
 
@@ -143,19 +147,27 @@ def gather_rows(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
     Random rows of a memory-mapped file that is not in the page cache are read one page
     fault at a time by one thread, at the disk's latency; split over
-    ``_READERS`` threads (numpy's copy releases the GIL) the faults overlap.
+    ``_READERS`` threads (numpy's copy releases the GIL) the faults overlap. The first
+    ``_PROBE`` rows are read by this thread and timed: when they came from the page cache
+    (under ``_CACHED_S`` a row) the rest is too, since handing work to the threads costs
+    ~0.5 ms, more than a single query's whole gather from memory.
     """
     global _reader_pool
-    if not isinstance(table, np.memmap) or len(rows) < 4 * _READERS:
+    if not isinstance(table, np.memmap) or len(rows) < 2 * _PROBE:
         return np.asarray(table[rows])
+    t0 = time.perf_counter()
+    table[rows[:_PROBE]]  # read only to time it (and to cache its pages)
+    if time.perf_counter() - t0 < _PROBE * _CACHED_S:
+        return np.asarray(table[rows])
+    out = np.empty((len(rows), *table.shape[1:]), dtype=table.dtype)
+    out[:_PROBE] = table[rows[:_PROBE]]
     with _reader_lock:
         if _reader_pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             _reader_pool = ThreadPoolExecutor(_READERS, thread_name_prefix="vistrieve-read")
         pool = _reader_pool
-    out = np.empty((len(rows), *table.shape[1:]), dtype=table.dtype)
-    bounds = np.linspace(0, len(rows), _READERS + 1).astype(np.int64).tolist()
+    bounds = np.linspace(_PROBE, len(rows), _READERS + 1).astype(np.int64).tolist()
 
     def read(i: int) -> None:
         a, b = bounds[i], bounds[i + 1]
