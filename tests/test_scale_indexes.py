@@ -112,6 +112,13 @@ def test_sq8_rejects_l2_and_truncated_files(tmp_path) -> None:
         load_index(tmp_path / "i")
 
 
+def _shards(x: np.ndarray, size: int):
+    """``(vectors, ids)`` shards of ``size`` rows, ids ``i<row>``."""
+    return iter(
+        [(x[s : s + size], [f"i{j}" for j in range(s, s + size)]) for s in range(0, len(x), size)]
+    )
+
+
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((50, d)).astype(np.float32)
@@ -205,11 +212,8 @@ def test_ivf_disk_tuned_for_a_recall_target(tmp_path) -> None:
 
     data = _clustered(3200, 16)
     x, q = data[:3000], data[3000:]  # the last 200 are held out as queries
-    shards = [
-        (x[s : s + 1000], [f"i{j}" for j in range(s, s + 1000)]) for s in range(0, 3000, 1000)
-    ]
     index = build_ivf_disk(
-        iter(shards),
+        _shards(x, 1000),
         tmp_path / "ivf",
         dim=16,
         nlist=32,
@@ -247,9 +251,8 @@ def test_ivf_disk_fast_scan_builds_saves_and_reloads(tmp_path) -> None:
 
     data = _clustered(3200, 16)
     x, q = data[:3000], data[3000:]
-    shards = [(x[s : s + 750], [f"i{j}" for j in range(s, s + 750)]) for s in range(0, 3000, 750)]
     index = build_ivf_disk(
-        iter(shards),
+        _shards(x, 750),
         tmp_path / "fs",
         dim=16,
         nlist=16,

@@ -75,11 +75,12 @@ def choose_ivf_params(
       centroids, codebooks and, while searching, the refine pages read. With
       ``fast_scan`` a code is ``m / 2`` bytes (4-bit sub-quantisers), held in RAM, and
       the same byte sizes are tried (``m`` = ``dim/2, 128, 64, 32, 16``): twice the
-      sub-quantisers of 8-bit PQ in as many bytes, which measured recall@10 0.90 at 5x
-      the exact scan where 64 4-bit ones needed 4x the candidates
-      (``benchmarks/bench_ivf_scan.py``, 1M vectors);
-    * ``nprobe``: ``nlist / 16`` clamped to [16, 256], which on clustered embeddings gives
-      recall@10 >= 0.9 after refining (measured by ``benchmarks/bench_scale.py``).
+      sub-quantisers of 8-bit PQ in as many bytes: at 1M vectors, recall@10 0.91 at 6.7x
+      the exact scan, where 64 4-bit ones needed 4x the candidates for 0.90
+      (``benchmarks/bench_ivf_scan.py``);
+    * ``nprobe``: ``nlist / 16`` clamped to [16, 256], a starting point only: on the
+      calibrated data of ``benchmarks/bench_scale.py`` recall@10 0.9 needed ``nlist / 8``
+      to ``nlist / 4``, which is why ``build_ivf_disk(recall_target=...)`` tunes it.
 
     Returns:
         ``{"nlist", "m", "nprobe", "refine", "fast_scan", "disk_bytes", "ram_bytes"}`` (the
