@@ -287,6 +287,9 @@ def test_ivf_disk_fast_scan_builds_saves_and_reloads(tmp_path) -> None:
     assert mem.remove(["0"]) == 1 and mem.search(x[5:6], 1)[0][0].id == "5"
     with pytest.raises(ValueError, match="must be even"):
         create_index("ivf_disk", dim=15, nlist=8, m=5, fast_scan=True)
+    with pytest.raises(ValueError, match="odd dim needs fast_scan=False"):
+        create_index("ivf_disk", dim=7, fast_scan=True)
+    assert create_index("ivf_disk", dim=6, fast_scan=True).m == 2  # the largest even divisor
 
 
 def test_ivf_budget_rule_counts_fast_scan_lists_in_ram() -> None:
