@@ -15,8 +15,9 @@ the raw data never exists as one array) and answer the same queries in the same 
   ``IndexFlatIP``'s, and its recall@k against the exact top-k;
 * ``bf16``: :class:`vistrieve.indexes.BF16Index` (bfloat16 scan in RAM, the same float
   re-scoring); fast only on CPUs with AMX or AVX512-BF16 (the report names the CPU);
-* ``int8 GEMM alone``: the FBGEMM int8 products of ``SQ8Index``'s scan without its top-k
-  or re-scoring: the ceiling of any int8 flat scan built on it on this CPU.
+* ``int8 GEMM alone``: the int8 products (and row scaling) of ``SQ8Index``'s scan
+  without its top-k or re-scoring: the ceiling of any int8 flat scan built on it on this
+  CPU.
 
 It checks that exact and faiss return the same top-k ids (the fraction of queries whose ordered id
 lists are identical; exact ties are negligible on random float data) and reports queries
@@ -90,9 +91,12 @@ def _int8_products(sq8: Any, queries: np.ndarray) -> None:
     import torch
 
     q = torch.from_numpy(queries)
+    qb = sq8.query_block
     with torch.inference_mode():
-        for b in range(-(-len(sq8) // sq8.db_block)):
-            torch.ops.quantized.linear_dynamic(q, sq8._block(b))
+        for b, ds in enumerate(range(0, len(sq8), sq8.db_block)):
+            scan = sq8._scanner(b, ds, min(ds + sq8.db_block, len(sq8)))
+            for qs in range(0, len(q), qb):
+                scan(q[qs : qs + qb])
 
 
 def main(argv: list[str] | None = None) -> int:

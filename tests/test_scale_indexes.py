@@ -375,3 +375,21 @@ def test_score_rows_reads_memory_maps_in_parallel_chunks(tmp_path, monkeypatch) 
     monkeypatch.setattr(sq, "_GATHER_ROWS", 100)  # several gathers, partial last one
     got = sq.score_rows(mapped, pos, q, scales=scales, rows_per_block=64)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_sq8_int8_products_and_float_fallback_rank_alike(monkeypatch) -> None:
+    from vistrieve.indexes import sq
+
+    x, q = _unit(3000, 32), _unit(50, 32, seed=1)
+    fast = SQ8Index(32, candidates=40)
+    fast.add(x, [str(i) for i in range(3000)])
+    got_fast = fast.search_arrays(q, 10)
+    monkeypatch.setattr(sq, "_int_mm_works", lambda: False)  # a torch without the kernel
+    slow = SQ8Index(32, candidates=40)
+    slow.add(x, [str(i) for i in range(3000)])
+    got_slow = slow.search_arrays(q, 10)
+    truth = _brute(x, q, 10)
+    for scores, pos in (got_fast, got_slow):
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)]) >= 0.99
+        np.testing.assert_allclose(scores, np.take_along_axis(q @ x.T, pos, 1), rtol=1e-5)
+    assert fast.nbytes == 3000 * (32 + 4)

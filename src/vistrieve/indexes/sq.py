@@ -3,18 +3,17 @@
 :class:`SQ8Index` (kind ``"sq8"``) answers in two stages:
 
 1. **Scan**: every vector is quantised to int8 with one scale per vector (symmetric:
-   ``x ~= codes * scale``) and held in RAM packed for FBGEMM's int8 GEMM
-   (``torch.ops.quantized.linear_dynamic``: the queries are quantised to 8 bits on the fly);
-   ``benchmarks/bench_exact_search.py`` measured it alone at 1.1x faiss's float32 scan on
-   an AVX2 CPU and 3.3x on an AVX-512 one. The best ``candidates`` positions per query
-   are kept in FAISS's heaps. Where FBGEMM is missing (non-x86 builds) each block is
-   decoded to float32 and multiplied in float.
+   ``x ~= codes * scale``) and held in RAM; each query block is quantised to int8 too and
+   multiplied by ``torch._int_mm`` (int8 x int8 -> int32, through oneDNN: AMX or VNNI
+   where the CPU has them), then by the row scales. The best ``candidates`` positions
+   per query are kept in FAISS's heaps. Where ``torch._int_mm`` has no CPU kernel each
+   block is decoded to float32 and multiplied in float.
 2. **Re-scoring**: the candidates' float32 vectors are read from a memory-mapped file (the
    index directory's ``vectors.npy``, or a spill file while the index is built in memory)
    and scored exactly; the best ``k`` are returned (score descending, position ascending).
 
-RAM: about ``dim + 20`` bytes per vector (the packed codes, scales and FBGEMM's column
-offsets), a quarter of float32 storage; the float32 vectors stay on disk, and only the
+RAM: ``dim + 4`` bytes per vector (the codes and their scales), a quarter of float32
+storage; the float32 vectors stay on disk, and only the
 pages of re-scored candidates are read. Scores are exact inner products; the ranking
 recall against exact search is measured by ``benchmarks/bench_exact_search.py``.
 
@@ -24,6 +23,7 @@ float32), fast on CPUs that compute bfloat16 natively (AMX, AVX512-BF16).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -41,10 +41,18 @@ from vistrieve.utils.io import atomic_write
 logger = logging.getLogger(__name__)
 
 
-def _fbgemm_available() -> bool:
+@functools.cache
+def _int_mm_works() -> bool:
+    """Whether this torch computes int8 x int8 -> int32 products on the CPU
+    (``torch._int_mm``); builds without it decode each block to float32 instead."""
+    fn = getattr(torch, "_int_mm", None)
+    if fn is None:
+        return False
     try:
-        return "fbgemm" in torch.backends.quantized.supported_engines
-    except Exception:  # pragma: no cover - exotic builds
+        a, b = torch.ones((17, 8), dtype=torch.int8), torch.ones((8, 8), dtype=torch.int8)
+        return bool((fn(a, b) == 8).all())
+    except RuntimeError as exc:  # a build without a CPU kernel for it
+        logger.info("torch._int_mm unavailable on this build (%s): int8 scan decodes", exc)
         return False
 
 
@@ -233,7 +241,7 @@ class SQ8Index(BaseIndex):
         self._vectors: np.ndarray = np.empty((0, self.dim), dtype=np.float32)
         self._spill: Any = None  # the open spill file, when vectors live there
         self._scales = np.empty((0,), dtype=np.float32)
-        self._packed: list[Any] = []  # FBGEMM-packed int8 blocks of db_block rows
+        self._packed: list[Any] = []  # per block of db_block rows: (codes (dim, rows), scales)
 
     def __del__(self) -> None:
         spill = getattr(self, "_spill", None)
@@ -243,10 +251,9 @@ class SQ8Index(BaseIndex):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of RAM held for the scan: packed int8 codes (plus FBGEMM's per-row column
-        offset, scale and zero point, about 20 bytes) and the float32 scales."""
+        """Bytes of RAM held for the scan: the int8 codes and the float32 scales."""
         n = len(self)
-        return int(n * (self.dim + 20) + self._scales[:n].nbytes)
+        return int(n * self.dim + self._scales[:n].nbytes)
 
     def _manifest_extra(self) -> dict[str, Any]:
         return {"candidates": self.candidates}
@@ -312,15 +319,13 @@ class SQ8Index(BaseIndex):
         return np.clip(np.rint(x / self._scales[ds:de, None]), -127, 127).astype(np.int8)
 
     def _block(self, b: int) -> Any:
-        """FBGEMM-packed int8 codes of block ``b`` (packed once, kept until rows change)."""
+        """Block ``b``'s int8 codes, transposed to (dim, rows) for the GEMM, and its float32
+        scales (made once, kept until rows change)."""
         while len(self._packed) <= b:
             ds = len(self._packed) * self.db_block
             de = min(ds + self.db_block, len(self))
-            codes = torch.from_numpy(self._codes(ds, de))
-            scales = torch.from_numpy(self._scales[ds:de]).double()
-            zeros = torch.zeros(de - ds, dtype=torch.int64)
-            w = torch._make_per_channel_quantized_tensor(codes, scales, zeros, 0)
-            self._packed.append(torch.ops.quantized.linear_prepack(w, None))
+            codes_t = torch.from_numpy(self._codes(ds, de)).t().contiguous()
+            self._packed.append((codes_t, torch.from_numpy(self._scales[ds:de].copy())))
         return self._packed[b]
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -360,12 +365,19 @@ class SQ8Index(BaseIndex):
     def _scanner(self, blk: int, ds: int, de: int) -> Any:
         """A function from a float32 query block to its approximate scores against rows
         ``ds:de`` (block ``blk``), as a float32 array."""
-        if _fbgemm_available():
-            packed = self._block(blk)
-            return lambda q: torch.ops.quantized.linear_dynamic(q, packed).numpy()
-        block = torch.from_numpy(self._codes(ds, de)).float()
-        block *= torch.from_numpy(self._scales[ds:de])[:, None]
-        return lambda q: (q @ block.T).numpy()
+        codes_t, scales = self._block(blk)
+        if not _int_mm_works():
+            block_t = codes_t.float() * scales
+            return lambda q: (q @ block_t).numpy()
+
+        def scan(q: torch.Tensor) -> np.ndarray:
+            # Each query is quantised to int8 with its own scale; that scale is the same for
+            # every row, so it is left out: the ranking of one query's scores is unchanged.
+            step = q.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
+            q8 = torch.round(q / step).to(torch.int8)
+            return torch.mul(torch._int_mm(q8, codes_t), scales).numpy()
+
+        return scan
 
     def _rescore(
         self, queries: np.ndarray, cand: np.ndarray, k: int
