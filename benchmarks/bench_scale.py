@@ -423,9 +423,10 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
 def _code(row: dict[str, object]) -> str:
     """The PQ code of a row as a FAISS factory suffix and its bytes."""
     m = int(row["m"])  # type: ignore[call-overload]
+    size = row.get("code_bytes", m)  # rows from before fast_scan hold 8-bit codes of m B
     if row.get("fast_scan"):
-        return f"PQ{m}x4fs ({m // 2} B, RAM)"
-    return f"PQ{m} ({m} B, disk)"
+        return f"PQ{m}x4fs ({size} B, RAM)"
+    return f"PQ{m} ({size} B, disk)"
 
 
 def write_report(

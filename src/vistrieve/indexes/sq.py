@@ -80,6 +80,10 @@ def score_rows(
 ) -> np.ndarray:
     """Exact scores of each query against its own candidate rows of ``table``.
 
+    The rows are read ``_GATHER_ROWS`` at a time by :func:`gather_rows`, so that a
+    memory-mapped table larger than the page cache is read at the disk's queue depth
+    rather than one row at a time.
+
     Args:
         table: (n, d) rows, float32 or int8 codes (then ``scales`` gives the per-row
             factor, as from :func:`quantize_rows`); a memory map is read row by row.
@@ -90,10 +94,6 @@ def score_rows(
         rows_per_block: Candidate rows gathered and scored at a time; the default keeps a
             block (rows x d floats) near the size of a core's L2 cache, which made the
             batched products ~8x faster than one large ``einsum``.
-
-    A memory-mapped ``table`` is read ``gather_rows`` candidate rows at a time by
-    :func:`gather_rows` (parallel page faults), so that a table larger than the page
-    cache is read at the disk's queue depth rather than one row at a time.
 
     Returns:
         float32 (nq, c) scores, higher is closer.
