@@ -140,9 +140,9 @@ def _score_block(
 _GATHER_ROWS = 1 << 16
 """Candidate rows read per :func:`gather_rows` call in :func:`score_rows`."""
 _READERS = 16
-"""Threads reading a memory map at once: on this project's test machine, random 256-byte
-rows of a file outside the page cache were read at 12k rows/s by one thread, 34k by 4 and
-76k by 16 (each thread's page faults wait on the disk in parallel)."""
+"""Threads reading a memory map at once: random 256-byte rows of a file outside the page
+cache were read at ~14k rows/s by one thread and ~68k by 16, whose page faults wait on the
+disk in parallel (``benchmarks/bench_random_reads.py``)."""
 _PROBE = 64
 _CACHED_S = 10e-6
 """A row read faster than this came from the page cache (~0.1 us); one from disk ~80 us."""
