@@ -157,8 +157,8 @@ def gather_rows(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
     fault at a time by one thread, at the disk's latency; split over
     ``_READERS`` threads (numpy's copy releases the GIL) the faults overlap. The first
     ``_PROBE`` rows are read by this thread and timed: when they came from the page cache
-    (under ``_CACHED_S`` a row) the rest is too, since handing work to the threads costs
-    ~0.5 ms, more than a single query's whole gather from memory.
+    (under ``_CACHED_S`` a row) the rest is too, and handing work to the threads would
+    cost more than a single query's whole gather from memory.
     """
     global _reader_pool
     if not isinstance(table, np.memmap) or len(rows) < 2 * _PROBE:
