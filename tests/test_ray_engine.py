@@ -91,6 +91,11 @@ def test_embeddings_equal_single_process(
     np.testing.assert_allclose(emb, reference, atol=1e-5)
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert [s["shard"] for s in manifest["shards"]] == [0, 1, 2, 3]
+    # One local node did all the work, and each shard's record names it.
+    assert result.nodes == [ray.get_runtime_context().get_node_id()]
+    assert {json.loads((out / f"shard-{n:05d}.json").read_text())["node"] for n in range(4)} == {
+        result.nodes[0]
+    }
     # One shard at a time (what build_ivf_disk consumes), in the same order.
     parts = list(iter_shards(out))
     assert [len(i) for _, i, _ in parts] == [r["rows"] for r in manifest["shards"]]
@@ -181,6 +186,49 @@ def test_killed_worker_loses_nothing(
     emb, ids, _ = load_shards(out)
     assert ids == readable_ids(images)
     np.testing.assert_allclose(emb, reference, atol=1e-5)
+
+
+def test_encoder_errors_fail_without_retrying_the_run(
+    ray_local: None,
+    images: list[tuple[str, str]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    def broken_encoder():  # type: ignore[no-untyped-def]
+        from vistrieve.encoders import create_encoder as _create
+
+        enc = _create("clip-tiny-test")
+
+        def encode(imgs):  # type: ignore[no-untyped-def]
+            raise ZeroDivisionError("a bug in the encoder")
+
+        enc.encode_image_tolerant = encode
+        return enc
+
+    with caplog.at_level(logging.WARNING, logger="vistrieve.distributed.ray_encode"):
+        with pytest.raises(Exception, match="a bug in the encoder"):
+            encode_with_ray(broken_encoder, images[:4], tmp_path / "o", progress=False)
+    assert "unfinished shards again" not in caplog.text
+
+
+def test_cluster_failures_are_told_from_code_errors() -> None:
+    import ray.exceptions as rex
+
+    from vistrieve.distributed.ray_encode import _is_cluster_failure
+
+    assert _is_cluster_failure(rex.NodeDiedError("node 1 died"))
+    assert _is_cluster_failure(rex.ActorUnavailableError("gone", None))
+    try:
+        try:
+            raise rex.WorkerCrashedError()
+        except rex.WorkerCrashedError as inner:
+            raise RuntimeError("the dataset failed") from inner
+    except RuntimeError as outer:
+        assert _is_cluster_failure(outer)
+    assert not _is_cluster_failure(ZeroDivisionError("a bug"))
+    assert not _is_cluster_failure(ValueError("bad image"))
 
 
 def test_bad_arguments(images: list[tuple[str, str]], tmp_path: Path) -> None:

@@ -159,6 +159,13 @@ def _encode_and_index_with_ray(
         resume=not args.no_resume,
         max_image_pixels=args.max_image_pixels,
     )
+    if result.encoded_shards:
+        n_nodes = len(result.nodes)
+        _out(
+            f"encoded {result.encoded_shards} shards on {n_nodes} Ray "
+            + ("node" if n_nodes == 1 else "nodes")
+            + (f" ({result.resumed_shards} resumed)" if result.resumed_shards else "")
+        )
     embeddings, ids, skipped = load_shards(shards, dim=encoder.dim)
     retriever = DenseRetriever.from_embeddings(
         encoder, corpus, embeddings, ids, skipped=skipped, index=args.index

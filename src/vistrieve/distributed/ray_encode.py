@@ -15,12 +15,15 @@ Layout of the output folder::
                           "shards": [{"shard", "file", "sha256", "rows"}, ...]}  (finished)
     shard-00000.npy      float32 (rows, dim): the embeddings of the shard's readable images
     shard-00000.json     {"ids": [...], "skipped": [{"id", "source", "error"}], "stamp",
-                          "sha256"}: written after the .npy; its presence marks the shard done
+                          "sha256", "node"}: written after the .npy (``node``: the Ray node
+                          that encoded it); its presence marks the shard done
 
 Fault tolerance: a worker that dies is restarted and its shard encoded again
-(``max_retries``); when the whole run fails, calling again with ``resume=True`` re-encodes
-only the shards without a valid record (the checksum, the row count and the images' sizes
-and mtimes must match), so finished work is never lost.
+(``max_retries``); a run that Ray aborts because a node, actor or object was lost starts
+again over the unfinished shards (up to ``max_retries`` times); when the whole run fails,
+calling again with ``resume=True`` re-encodes only the shards without a valid record (the
+checksum, the row count and the images' sizes and mtimes must match), so finished work is
+never lost.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class ShardRecord:
     sha256: str
     skipped: list[dict[str, str]] = field(default_factory=list)
     resumed: bool = False
+    node: str | None = None
+    """The id of the Ray node that encoded it (None when unknown)."""
 
     @property
     def file(self) -> str:
@@ -105,6 +110,11 @@ class RayEncodeResult:
     def skipped(self) -> list[dict[str, str]]:
         """Records (``id``, ``source``, ``error``) of unreadable images, in corpus order."""
         return [r for s in self.shards for r in s.skipped]
+
+    @property
+    def nodes(self) -> list[str]:
+        """The Ray node ids that encoded this run's shards (resumed shards excluded)."""
+        return sorted({s.node for s in self.shards if not s.resumed and s.node is not None})
 
 
 def shard_name(n: int) -> str:
@@ -211,19 +221,33 @@ class ShardEncoder:
     Args:
         encoder: The encoder spec or factory.
         max_image_pixels: Skip images declaring more pixels (None: no limit of our own).
+        registry: An :class:`ActorRegistry` actor to announce this actor to, so that the
+            driver can end the pool when the run is over.
     """
 
-    def __init__(self, encoder: EncoderSource, max_image_pixels: int | None = None) -> None:
+    def __init__(
+        self,
+        encoder: EncoderSource,
+        max_image_pixels: int | None = None,
+        registry: Any = None,
+    ) -> None:
+        if registry is not None:
+            import ray
+
+            registry.add.remote(ray.get_runtime_context().current_actor)
         self.encoder = _make_encoder(encoder)
         self.max_image_pixels = max_image_pixels
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Encode the shards of a Ray Data batch (columns ``shard`` and ``items``, a JSON list
         of ``[id, path]``); returns the embeddings as bytes with their ids and skips."""
+        import ray
+
         from vistrieve.retrievers.base import encode_items
 
+        node = ray.get_runtime_context().get_node_id()
         out: dict[str, list[Any]] = {
-            k: [] for k in ("shard", "rows", "dim", "emb", "ids", "skipped")
+            k: [] for k in ("shard", "rows", "dim", "emb", "ids", "skipped", "node")
         }
         for shard, payload in zip(batch["shard"], batch["items"], strict=True):
             items = [Item(str(i), image=str(p)) for i, p in json.loads(payload)]
@@ -235,6 +259,7 @@ class ShardEncoder:
             out["emb"].append(emb.tobytes())
             out["ids"].append(json.dumps(ids))
             out["skipped"].append(json.dumps(skipped))
+            out["node"].append(node)
         ints = ("shard", "rows", "dim")
         return {
             k: np.asarray(v, dtype=np.int64) if k in ints else np.asarray(v, dtype=object)
@@ -320,7 +345,15 @@ def _valid_shard(directory: Path, n: int, shard: Sequence[tuple[str, str]]) -> S
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         logger.warning("re-encoding shard %s: %s", npy, exc)
         return None
-    return ShardRecord(n, len(ids), str(info["sha256"]), list(info["skipped"]), resumed=True)
+    node = info.get("node")
+    return ShardRecord(
+        n,
+        len(ids),
+        str(info["sha256"]),
+        list(info["skipped"]),
+        resumed=True,
+        node=str(node) if node is not None else None,
+    )
 
 
 def _write_manifest(
@@ -377,7 +410,9 @@ def encode_with_ray(
             shard size; False encodes everything again.
         progress: Show a progress bar over the shards.
         max_image_pixels: Skip (and record) images declaring more pixels.
-        max_retries: Restarts of a dead actor and retries of its shard before the run fails.
+        max_retries: Restarts of a dead actor and retries of its shard; also how many times
+            a run aborted by a lost node or actor starts again over the unfinished shards
+            before the error is raised (a later call with ``resume=True`` still goes on).
 
     Returns:
         The shards, in order, with what was resumed and what was skipped.
@@ -429,23 +464,42 @@ def encode_with_ray(
         _clear_shards(directory)
     _write_manifest(directory, base, done, dim)
     todo = [n for n in range(len(shards)) if n not in done]
-    if todo:
-        dim = _run(
-            encoder,
-            shards,
-            todo,
-            directory,
-            base,
-            done,
-            dim,
-            address=address,
-            num_workers=num_workers,
-            num_cpus=num_cpus_per_worker,
-            num_gpus=num_gpus_per_worker,
-            progress=progress,
-            max_image_pixels=max_image_pixels,
-            max_retries=max_retries,
-        )
+    passes = 0
+    while todo:
+        try:
+            dim = _run(
+                encoder,
+                shards,
+                todo,
+                directory,
+                base,
+                done,
+                dim,
+                address=address,
+                num_workers=num_workers,
+                num_cpus=num_cpus_per_worker,
+                num_gpus=num_gpus_per_worker,
+                progress=progress,
+                max_image_pixels=max_image_pixels,
+                max_retries=max_retries,
+            )
+        except Exception as exc:
+            # A lost node (or an actor that cannot come back) aborts Ray Data's run; the
+            # shards finished so far are on disk, so run again over the others.
+            if not _is_cluster_failure(exc) or passes >= max_retries:
+                raise
+            passes += 1
+            left = sum(n not in done for n in todo)
+            logger.warning(
+                "the Ray run failed (%s: %s); encoding the %d unfinished shards again "
+                "(retry %d of %d)",
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+                left,
+                passes,
+                max_retries,
+            )
+        todo = [n for n in range(len(shards)) if n not in done]
     return RayEncodeResult(
         directory=directory,
         encoder=json.dumps(key, sort_keys=True, default=str),
@@ -453,6 +507,87 @@ def encode_with_ray(
         dim=dim,
         shards=[done[n] for n in range(len(shards))],
     )
+
+
+def _is_cluster_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a lost node, actor, worker or object: a
+    failure of the cluster that another pass can get past, not of the encoder's code."""
+    try:
+        import ray.exceptions as rex
+    except ImportError:
+        return False
+    kinds = tuple(
+        k
+        for k in (
+            getattr(rex, name, None)
+            for name in (
+                "RayActorError",
+                "NodeDiedError",
+                "ObjectLostError",
+                "WorkerCrashedError",
+                "RaySystemError",
+            )
+        )
+        if isinstance(k, type)
+    )
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, kinds):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+class ActorRegistry:
+    """The handles of one run's pool actors (a zero-CPU Ray actor on the cluster).
+
+    Ray Data releases its actors by dropping its references to them. After a run that
+    failed, those references live on in the exception's frames (and in any logging
+    handler that keeps records), and the restarting actor of a lost node then holds the
+    resources the next run needs; the driver kills the actors itself instead.
+    """
+
+    def __init__(self) -> None:
+        self.actors: list[Any] = []
+
+    def add(self, actor: Any) -> None:
+        """Record one pool actor."""
+        self.actors.append(actor)
+
+    def take(self) -> list[Any]:
+        """Return the recorded actors and forget them."""
+        actors, self.actors = self.actors, []
+        return actors
+
+
+def _kill_pool(ray: Any, registry: Any) -> None:
+    """Kill the pool actors ``registry`` recorded (without restart), then the registry."""
+    try:
+        actors = ray.get(registry.take.remote(), timeout=30)
+    except Exception as exc:  # the run's result stands; the actors go with the job
+        logger.warning("could not list the encoding actors to stop them: %s", exc)
+        actors = []
+    for actor in [*actors, registry]:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception as exc:
+            logger.warning("could not stop encoding actor %s: %s", actor, exc)
+
+
+def _actor_pool(ray: Any, size: int) -> Any:
+    """A fixed pool of ``size`` actors that each hold one shard at a time.
+
+    Ray Data's default queues several shards on the first actor that is ready, so a short
+    run can finish on one node while the others still load the model, and a lost actor
+    takes its whole queue with it; shards are seconds to minutes of work, so the round trip
+    to hand out the next one costs nothing.
+    """
+    try:
+        return ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1)
+    except TypeError:  # a Ray without the setting
+        return ray.data.ActorPoolStrategy(size=size)
 
 
 def _run(
@@ -486,11 +621,12 @@ def _run(
             [{"shard": n, "items": json.dumps(list(map(list, shards[n])))} for n in todo],
             override_num_blocks=len(todo),
         )
+        registry = ray.remote(num_cpus=0)(ActorRegistry).remote()
         kwargs: dict[str, Any] = dict(
-            fn_constructor_args=(encoder, max_image_pixels),
+            fn_constructor_args=(encoder, max_image_pixels, registry),
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(todo))),
+            compute=_actor_pool(ray, min(num_workers, len(todo))),
             num_cpus=num_cpus,
             num_gpus=num_gpus,
         )
@@ -510,20 +646,28 @@ def _run(
                 emb = np.frombuffer(row["emb"], dtype=np.float32).reshape(rows, dim)
                 ids = json.loads(row["ids"])
                 skipped = json.loads(row["skipped"])
+                node = str(row["node"])
                 npy = directory / (shard_name(n) + ".npy")
                 atomic_save_npy(npy, emb)
                 digest = sha256_file(npy)
                 # The record is written last: its presence marks the shard finished.
                 atomic_write_json(
                     directory / (shard_name(n) + ".json"),
-                    {"ids": ids, "skipped": skipped, "stamp": _stamp(shards[n]), "sha256": digest},
+                    {
+                        "ids": ids,
+                        "skipped": skipped,
+                        "stamp": _stamp(shards[n]),
+                        "sha256": digest,
+                        "node": node,
+                    },
                 )
-                done[n] = ShardRecord(n, rows, digest, skipped)
+                done[n] = ShardRecord(n, rows, digest, skipped, node=node)
                 _write_manifest(directory, base, done, dim)
                 bar.update(1)
         finally:
             bar.close()
             ray_log.setLevel(log_level)
+            _kill_pool(ray, registry)
     return dim
 
 
