@@ -90,7 +90,7 @@ def _int8_products(sq8: Any, queries: np.ndarray) -> None:
     """The int8 GEMM of ``SQ8Index``'s scan over every packed block, results discarded."""
     import torch
 
-    q = torch.from_numpy(queries)
+    q = sq8._prepare(torch.from_numpy(queries))
     qb = sq8.query_block
     with torch.inference_mode():
         for b, ds in enumerate(range(0, len(sq8), sq8.db_block)):

@@ -393,3 +393,48 @@ def test_sq8_int8_products_and_float_fallback_rank_alike(monkeypatch) -> None:
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)]) >= 0.99
         np.testing.assert_allclose(scores, np.take_along_axis(q @ x.T, pos, 1), rtol=1e-5)
     assert fast.nbytes == 3000 * (32 + 4)
+
+
+@pytest.mark.parametrize("width", [256, 300])  # whole chunks of 64 rows, and a ragged tail
+def test_filtered_heap_pushes_keep_exactly_what_plain_heaps_keep(width: int) -> None:
+    import faiss
+    import torch
+
+    from vistrieve.indexes.sq import push_scores
+
+    rng = np.random.default_rng(5)
+    nq, c = 37, 15
+    # Scores rounded to one decimal: many ties, which both paths must break alike.
+    blocks = [np.round(rng.standard_normal((nq, width)), 1).astype(np.float32) for _ in range(6)]
+
+    def run(filtered: bool) -> tuple[np.ndarray, np.ndarray]:
+        vals = np.empty((nq, c), dtype=np.float32)
+        ids = np.empty((nq, c), dtype=np.int64)
+        heaps = faiss.float_minheap_array_t()
+        heaps.nh, heaps.k = nq, c
+        heaps.val, heaps.ids = faiss.swig_ptr(vals), faiss.swig_ptr(ids)
+        heaps.heapify()
+        for b, block in enumerate(blocks):
+            ds = b * width
+            for qs in (0, 20):  # two query blocks, as a search splits them
+                part = torch.from_numpy(block[qs : qs + 20])
+                push_scores(heaps, vals, part, ds, qs, filtered and ds >= c)
+        return vals, ids
+
+    plain, filtered = run(False), run(True)
+    np.testing.assert_array_equal(filtered[0], plain[0])
+    np.testing.assert_array_equal(filtered[1], plain[1])
+    # And the heaps hold the true best c of each row (as a set: ties are cut by order).
+    allv = np.concatenate(blocks, axis=1)
+    np.testing.assert_array_equal(
+        np.sort(plain[0], axis=1), np.sort(np.sort(allv, axis=1)[:, -c:], axis=1)
+    )
+
+
+def test_sq8_small_blocks_filter_and_still_match_exact() -> None:
+    x, q = _unit(5000, 24), _unit(30, 24, seed=9)
+    index = SQ8Index(24, candidates=30, db_block=320, query_block=16)  # many filtered blocks
+    index.add(x, [str(i) for i in range(5000)])
+    _, pos = index.search_arrays(q, 10)
+    truth = _brute(x, q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)]) >= 0.99

@@ -6,7 +6,8 @@
    ``x ~= codes * scale``) and held in RAM; each query block is quantised to int8 too and
    multiplied by ``torch._int_mm`` (int8 x int8 -> int32, through oneDNN: AMX or VNNI
    where the CPU has them), then by the row scales. The best ``candidates`` positions
-   per query are kept in FAISS's heaps. Where ``torch._int_mm`` has no CPU kernel each
+   per query are kept in FAISS's heaps, which see only the chunks of 64 scores that can
+   enter them (:func:`push_scores`). Where ``torch._int_mm`` has no CPU kernel each
    block is decoded to float32 and multiplied in float.
 2. **Re-scoring**: the candidates' float32 vectors are read from a memory-mapped file (the
    index directory's ``vectors.npy``, or a spill file while the index is built in memory)
@@ -186,6 +187,67 @@ def gather_rows(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+_CHUNK = 64  # rows per chunk of a score block that push_scores keeps or drops whole
+
+
+def push_scores(
+    heaps: Any, worst: np.ndarray, scores: torch.Tensor, ds: int, qs: int, full: bool
+) -> None:
+    """Offer a block of scores to FAISS min-heaps of the best candidates per query.
+
+    Args:
+        heaps: A ``faiss.float_minheap_array_t`` over ``worst`` (its value array).
+        worst: The heaps' (nq, c) float32 values; column 0 is each heap's worst kept score.
+        scores: (queries, rows) float32 scores of queries ``qs:`` against rows ``ds:``.
+        ds: The position of the block's first row (the ids pushed are positions).
+        qs: The heap of the block's first query.
+        full: Whether every heap already holds ``c`` real candidates. Then a chunk of 64
+            rows whose best score does not beat a heap's worst cannot enter it: only the
+            other chunks go to the single-threaded heaps, after a max over each chunk on
+            all of torch's threads. After ``b`` blocks about ``c / b`` scores per query
+            pass, so most chunks are dropped. Without ``full`` every score is offered.
+    """
+    import faiss
+
+    nqb, nrows = scores.shape
+    head = nrows - nrows % _CHUNK if full else 0
+    if head:
+        _push_chunks(heaps, worst, scores[:, :head], ds, qs)
+    if head < nrows:  # all of it, or the rows after the last whole chunk (in row order)
+        arr = np.ascontiguousarray(scores[:, head:].numpy(), dtype=np.float32)
+        heaps.addn(nrows - head, faiss.swig_ptr(arr), ds + head, qs, nqb)
+
+
+def _push_chunks(heaps: Any, worst: np.ndarray, scores: torch.Tensor, ds: int, qs: int) -> None:
+    """:func:`push_scores` of whole chunks: those whose best score beats the heap's worst."""
+    import faiss
+
+    nqb, nrows = scores.shape
+    thr = torch.from_numpy(worst[qs : qs + nqb, 0])
+    chunks = scores.view(nqb, nrows // _CHUNK, _CHUNK)
+    qi, ci = (chunks.amax(2) > thr[:, None]).nonzero(as_tuple=True)
+    if qi.numel() == 0:
+        return
+    # One heap update per passing chunk; a query with several chunks appears several times,
+    # so the heaps must take them one after another: FAISS on one thread for this call.
+    vals = chunks[qi, ci]
+    ids = ci[:, None] * _CHUNK + (torch.arange(_CHUNK) + ds)
+    subset = (qi + qs).numpy()
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        heaps.addn_query_subset_with_ids(
+            len(subset),
+            faiss.swig_ptr(subset),
+            _CHUNK,
+            faiss.swig_ptr(vals.numpy()),
+            faiss.swig_ptr(ids.numpy()),
+            _CHUNK,
+        )
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
 class SQ8Index(BaseIndex):
     """Flat inner-product index: int8 scan in RAM, exact float re-scoring of the candidates.
 
@@ -335,7 +397,7 @@ class SQ8Index(BaseIndex):
         c = min(n, max(k, self.candidates))
         db = self.db_block
         qb = min(self.query_block, nq)
-        q_all = torch.from_numpy(queries)
+        q_all = self._prepare(torch.from_numpy(queries))
         # The best c int8 scores per query are kept in FAISS's C++ heaps (the ones its
         # brute-force search uses): one pass over each score block, where torch.topk plus a
         # merge per block cost as much as the int8 GEMM itself.
@@ -345,39 +407,34 @@ class SQ8Index(BaseIndex):
         heaps.nh, heaps.k = nq, c
         heaps.val, heaps.ids = faiss.swig_ptr(cand_s), faiss.swig_ptr(cand_p)
         heaps.heapify()
-        # The heaps run on one thread: FAISS's OpenMP threads and torch's take turns on every
-        # block, and each pool's threads spin while the other works, which halved the
-        # throughput on 2 cores. omp_set_num_threads only affects this thread's regions.
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                for blk, ds in enumerate(range(0, n, db)):
-                    de = min(ds + db, n)
-                    scan = self._scanner(blk, ds, de)
-                    for qs in range(0, nq, qb):
-                        scores = np.ascontiguousarray(scan(q_all[qs : qs + qb]), np.float32)
-                        heaps.addn(de - ds, faiss.swig_ptr(scores), ds, qs, len(scores))
-        finally:
-            faiss.omp_set_num_threads(threads)
+        with torch.inference_mode():
+            for blk, ds in enumerate(range(0, n, db)):
+                de = min(ds + db, n)
+                scan = self._scanner(blk, ds, de)
+                # Once every heap holds c real candidates, most of each block's chunks
+                # cannot enter it, and push_scores drops them before the heaps see them.
+                full = ds >= c
+                for qs in range(0, nq, qb):
+                    push_scores(heaps, cand_s, scan(q_all[qs : qs + qb]), ds, qs, full)
         return self._rescore(queries, cand_p, k)
 
+    def _prepare(self, queries: torch.Tensor) -> torch.Tensor:
+        """The float32 queries in the form the scan multiplies (once per search)."""
+        if not _int_mm_works():
+            return queries
+        # Each query is quantised to int8 with its own scale; that scale is the same for
+        # every row, so it is left out: the ranking of one query's scores is unchanged.
+        step = queries.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
+        return torch.round(queries / step).to(torch.int8)
+
     def _scanner(self, blk: int, ds: int, de: int) -> Any:
-        """A function from a float32 query block to its approximate scores against rows
-        ``ds:de`` (block ``blk``), as a float32 array."""
+        """A function from a block of prepared queries (:meth:`_prepare`) to their
+        approximate scores against rows ``ds:de`` (block ``blk``), as a float32 tensor."""
         codes_t, scales = self._block(blk)
         if not _int_mm_works():
             block_t = codes_t.float() * scales
-            return lambda q: (q @ block_t).numpy()
-
-        def scan(q: torch.Tensor) -> np.ndarray:
-            # Each query is quantised to int8 with its own scale; that scale is the same for
-            # every row, so it is left out: the ranking of one query's scores is unchanged.
-            step = q.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
-            q8 = torch.round(q / step).to(torch.int8)
-            return torch.mul(torch._int_mm(q8, codes_t), scales).numpy()
-
-        return scan
+            return lambda q: q @ block_t
+        return lambda q8: torch.mul(torch._int_mm(q8, codes_t), scales)
 
     def _rescore(
         self, queries: np.ndarray, cand: np.ndarray, k: int
@@ -468,6 +525,9 @@ class BF16Index(SQ8Index):
             self._packed.append(torch.from_numpy(rows).bfloat16())
         return self._packed[b]
 
+    def _prepare(self, queries: torch.Tensor) -> torch.Tensor:
+        return queries.bfloat16()
+
     def _scanner(self, blk: int, ds: int, de: int) -> Any:
         block = self._block(blk)
-        return lambda q: (q.bfloat16() @ block.T).float().numpy()
+        return lambda q: (q @ block.T).float()
