@@ -509,6 +509,23 @@ def encode_with_ray(
     )
 
 
+def _bound_encoder_class(
+    encoder: EncoderSource, max_image_pixels: int | None, registry: Any
+) -> type[ShardEncoder]:
+    """:class:`ShardEncoder` with its arguments built in.
+
+    Ray Data would put constructor arguments in the object store, where a restarted actor
+    cannot find them once they are released (Ray warns about it on every run); a class
+    that carries them is shipped with its definition and restarts on any node.
+    """
+
+    class BoundShardEncoder(ShardEncoder):
+        def __init__(self) -> None:
+            super().__init__(encoder, max_image_pixels, registry)
+
+    return BoundShardEncoder
+
+
 def _is_cluster_failure(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a lost node, actor, worker or object: a
     failure of the cluster that another pass can get past, not of the encoder's code."""
@@ -622,8 +639,8 @@ def _run(
             override_num_blocks=len(todo),
         )
         registry = ray.remote(num_cpus=0)(ActorRegistry).remote()
+        worker = _bound_encoder_class(encoder, max_image_pixels, registry)
         kwargs: dict[str, Any] = dict(
-            fn_constructor_args=(encoder, max_image_pixels, registry),
             batch_size=1,
             batch_format="numpy",
             compute=_actor_pool(ray, min(num_workers, len(todo))),
@@ -636,9 +653,9 @@ def _run(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
             try:
-                ds = ds.map_batches(ShardEncoder, **kwargs, **retries)
+                ds = ds.map_batches(worker, **kwargs, **retries)
             except TypeError:  # a Ray without free-form remote arguments
-                ds = ds.map_batches(ShardEncoder, **kwargs)
+                ds = ds.map_batches(worker, **kwargs)
         bar = tqdm(total=len(todo), desc="encode shards (ray)", unit="shard", disable=not progress)
         try:
             for row in ds.iter_rows():
