@@ -165,11 +165,11 @@ def gather_rows(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if not isinstance(table, np.memmap) or len(rows) < 2 * _PROBE:
         return np.asarray(table[rows])
     t0 = time.perf_counter()
-    table[rows[:_PROBE]]  # read only to time it (and to cache its pages)
+    head = np.asarray(table[rows[:_PROBE]])
     if time.perf_counter() - t0 < _PROBE * _CACHED_S:
         return np.asarray(table[rows])
     out = np.empty((len(rows), *table.shape[1:]), dtype=table.dtype)
-    out[:_PROBE] = table[rows[:_PROBE]]
+    out[:_PROBE] = head
     with _reader_lock:
         if _reader_pool is None:
             from concurrent.futures import ThreadPoolExecutor
