@@ -1,6 +1,6 @@
 """The Ray engine on an existing multi-node cluster: a real head node and a real worker
 node (two raylets, one CPU each) started on this machine with ``ray.cluster_utils``
-(about 45 s for the module).
+(about 60 s for the module).
 
 ``vistrieve index --engine ray --ray-address ADDR`` runs in a separate process, as a user
 runs it against a cluster started with ``ray start``, and spreads the shards over both

@@ -207,10 +207,15 @@ def test_encoder_errors_fail_without_retrying_the_run(
         enc.encode_image_tolerant = encode
         return enc
 
-    with caplog.at_level(logging.WARNING, logger="vistrieve.distributed.ray_encode"):
-        with pytest.raises(Exception, match="a bug in the encoder"):
-            encode_with_ray(broken_encoder, images[:4], tmp_path / "o", progress=False)
-    assert "unfinished shards again" not in caplog.text
+    def unbuildable_encoder():  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("a bug in the encoder's constructor")
+
+    for factory in (broken_encoder, unbuildable_encoder):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vistrieve.distributed.ray_encode"):
+            with pytest.raises(Exception, match="a bug in the encoder"):
+                encode_with_ray(factory, images[:4], tmp_path / "o", progress=False)
+        assert "unfinished shards again" not in caplog.text
 
 
 def test_cluster_failures_are_told_from_code_errors() -> None:

@@ -18,9 +18,11 @@ Layout of the output folder::
                           "sha256", "node"}: written after the .npy (``node``: the Ray node
                           that encoded it); its presence marks the shard done
 
-Fault tolerance: a worker that dies is restarted and its shard encoded again
-(``max_retries``); a run that Ray aborts because a node, actor or object was lost starts
-again over the unfinished shards (up to ``max_retries`` times); when the whole run fails,
+Fault tolerance: a worker that dies (a crash, a lost node) is not restarted; Ray aborts
+the run, the driver kills the pool, waits until Ray has declared lost nodes dead, and
+starts again over the unfinished shards (up to ``max_retries`` times). An error raised by
+the encoder itself (in its constructor or on a batch) is a bug and is raised at once. When
+the whole run fails,
 calling again with ``resume=True`` re-encodes only the shards without a valid record (the
 checksum, the row count and the images' sizes and mtimes must match), so finished work is
 never lost.
@@ -34,6 +36,7 @@ import logging
 import os
 import re
 import socket
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -410,9 +413,9 @@ def encode_with_ray(
             shard size; False encodes everything again.
         progress: Show a progress bar over the shards.
         max_image_pixels: Skip (and record) images declaring more pixels.
-        max_retries: Restarts of a dead actor and retries of its shard; also how many times
-            a run aborted by a lost node or actor starts again over the unfinished shards
-            before the error is raised (a later call with ``resume=True`` still goes on).
+        max_retries: How many times a run aborted by a dead worker or a lost node starts
+            again over the unfinished shards before the error is raised (a later call
+            with ``resume=True`` still goes on).
 
     Returns:
         The shards, in order, with what was resumed and what was skipped.
@@ -481,10 +484,9 @@ def encode_with_ray(
                 num_gpus=num_gpus_per_worker,
                 progress=progress,
                 max_image_pixels=max_image_pixels,
-                max_retries=max_retries,
             )
         except Exception as exc:
-            # A lost node (or an actor that cannot come back) aborts Ray Data's run; the
+            # A dead worker or a lost node aborts Ray Data's run; the
             # shards finished so far are on disk, so run again over the others.
             if not _is_cluster_failure(exc) or passes >= max_retries:
                 raise
@@ -514,9 +516,9 @@ def _bound_encoder_class(
 ) -> type[ShardEncoder]:
     """:class:`ShardEncoder` with its arguments built in.
 
-    Ray Data would put constructor arguments in the object store, where a restarted actor
-    cannot find them once they are released (Ray warns about it on every run); a class
-    that carries them is shipped with its definition and restarts on any node.
+    Ray Data would put constructor arguments in the object store, where an actor started
+    after they are released cannot find them (Ray warns about it on every run); a class
+    that carries them is shipped with its definition and starts on any node.
     """
 
     class BoundShardEncoder(ShardEncoder):
@@ -551,10 +553,43 @@ def _is_cluster_failure(exc: BaseException) -> bool:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
+        if getattr(cur, "actor_init_failed", False):
+            return False  # the encoder's constructor raised: code, not the cluster
         if isinstance(cur, kinds):
             return True
         cur = cur.__cause__ or cur.__context__
     return False
+
+
+def _settle_nodes(ray: Any, timeout: float = 120.0) -> None:
+    """Wait until Ray knows which nodes are lost, before a run starts again.
+
+    A node that died is still listed as alive until its health checks fail (seconds to
+    tens of seconds); an actor placed on it meanwhile dies while starting, which Ray Data
+    reports by failing the run without ending its iterator (the run hangs). A zero-CPU
+    probe pinned to each listed node either runs (the node is up) or fails once Ray
+    declares the node dead, so when all probes are back, the list is right.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_node_probe)
+    refs = [
+        probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote()
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+    deadline = time.monotonic() + timeout
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as exc:  # a lost node: what the probe is there to find out
+            logger.info("node probe failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
+
+def _node_probe() -> bool:
+    return True
 
 
 class ActorRegistry:
@@ -562,7 +597,7 @@ class ActorRegistry:
 
     Ray Data releases its actors by dropping its references to them. After a run that
     failed, those references live on in the exception's frames (and in any logging
-    handler that keeps records), and the restarting actor of a lost node then holds the
+    handler that keeps records), and live actors of the failed run then hold the
     resources the next run needs; the driver kills the actors itself instead.
     """
 
@@ -577,6 +612,15 @@ class ActorRegistry:
         """Return the recorded actors and forget them."""
         actors, self.actors = self.actors, []
         return actors
+
+
+def _start_registry(ray: Any) -> Any:
+    """An :class:`ActorRegistry` on the driver's node, so that losing another node cannot
+    take the list of actors with it (the driver's own node takes the driver along)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(ActorRegistry).options(scheduling_strategy=here).remote()
 
 
 def _kill_pool(ray: Any, registry: Any) -> None:
@@ -622,7 +666,6 @@ def _run(
     num_gpus: float,
     progress: bool,
     max_image_pixels: int | None,
-    max_retries: int,
 ) -> int | None:
     """Encode the shards ``todo`` on Ray, writing each as it arrives; returns the dim."""
     from tqdm.auto import tqdm
@@ -638,7 +681,7 @@ def _run(
             [{"shard": n, "items": json.dumps(list(map(list, shards[n])))} for n in todo],
             override_num_blocks=len(todo),
         )
-        registry = ray.remote(num_cpus=0)(ActorRegistry).remote()
+        registry = _start_registry(ray)
         worker = _bound_encoder_class(encoder, max_image_pixels, registry)
         kwargs: dict[str, Any] = dict(
             batch_size=1,
@@ -647,9 +690,12 @@ def _run(
             num_cpus=num_cpus,
             num_gpus=num_gpus,
         )
-        # A dead actor is restarted and its shard retried, a bounded number of times (Ray
-        # Data's own default retries forever, which hangs on an image that always crashes).
-        retries = {"max_restarts": max_retries, "max_task_retries": max_retries}
+        # A dead actor is not restarted: on a lost node its restart waits for resources the
+        # live actors hold, and Ray Data counts it against its budget and stops handing out
+        # shards, so the run stalls. Without restarts the run fails at once, and
+        # encode_with_ray starts again over the unfinished shards. (Ray Data's own default
+        # restarts forever, which also hangs on an image that always crashes the worker.)
+        retries = {"max_restarts": 0, "max_task_retries": 0}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
             try:
@@ -681,6 +727,10 @@ def _run(
                 done[n] = ShardRecord(n, rows, digest, skipped, node=node)
                 _write_manifest(directory, base, done, dim)
                 bar.update(1)
+        except Exception as exc:
+            if _is_cluster_failure(exc):
+                _settle_nodes(ray)
+            raise
         finally:
             bar.close()
             ray_log.setLevel(log_level)
