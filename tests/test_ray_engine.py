@@ -17,6 +17,7 @@ pytest.importorskip("ray.data")
 from vistrieve.distributed import (  # noqa: E402
     MANIFEST_FILE,
     RayUnavailableError,
+    default_shard_size,
     encode_with_ray,
     iter_shards,
     load_shards,
@@ -247,6 +248,30 @@ def test_bad_arguments(images: list[tuple[str, str]], tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="in-memory image"):
         encode_with_ray("clip-tiny-test", [Item("m", image=Image.new("RGB", (4, 4)))], tmp_path)
+
+
+def test_default_shard_size() -> None:
+    # at least 16 shards, each of 128 to 2048 images
+    assert default_shard_size(0) == 128
+    assert default_shard_size(1000) == 128  # ceil(1000 / 16) = 63, raised to 128
+    assert default_shard_size(8000) == 500
+    assert default_shard_size(8001) == 501
+    assert default_shard_size(32768) == 2048
+    assert default_shard_size(10**9) == 2048
+    assert default_shard_size(100, largest=10, smallest=2) == 7
+    with pytest.raises(ValueError, match="n_images"):
+        default_shard_size(-1)
+    with pytest.raises(ValueError, match="smallest <= largest"):
+        default_shard_size(10, largest=4, smallest=8)
+
+
+def test_no_shard_size_uses_the_default(
+    ray_local: None, images: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    result = encode_with_ray("clip-tiny-test", images, tmp_path, progress=False)
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert manifest["shard_size"] == default_shard_size(len(images)) == 128
+    assert manifest["n_shards"] == 1 and len(result.shards) == 1
 
 
 def test_bad_address_fails_fast(tmp_path: Path) -> None:

@@ -228,7 +228,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             index=args.index,
             directory=args.out,
             resume=not args.no_resume,
-            chunk_size=args.chunk_size,
+            chunk_size=2048 if args.chunk_size is None else args.chunk_size,
             max_image_pixels=args.max_image_pixels,
         )
     report = retriever.build_report
@@ -323,7 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", help="base folder for relative paths in the manifest")
     p.add_argument("--skip-missing", action="store_true", help="skip rows whose image is missing")
     p.add_argument("--no-resume", action="store_true", help="ignore a partial earlier build")
-    p.add_argument("--chunk-size", type=int, default=2048, help="images per resumable chunk")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="images per resumable chunk (default 2048; with --engine ray, at least 16 "
+        "shards of 128 to 2048 images)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -375,6 +375,29 @@ def _write_manifest(
     )
 
 
+MIN_SHARDS = 16
+"""Shards :func:`default_shard_size` aims for, so that every actor of a pool gets work."""
+
+
+def default_shard_size(n_images: int, *, largest: int = 2048, smallest: int = 128) -> int:
+    """Images per shard when none is given: at least :data:`MIN_SHARDS` shards of
+    ``smallest`` to ``largest`` images each.
+
+    A folder of 1,000 images in shards of 2,048 would be one shard, encoded by one actor
+    while the others wait; 16 shards of 63 would spend more time on per-shard overhead
+    than on encoding. The size depends on the number of images alone (not on the number
+    of workers), so a run resumed with another pool keeps its shards.
+
+    Raises:
+        ValueError: ``n_images`` is negative or the bounds are not ``0 < smallest <= largest``.
+    """
+    if n_images < 0:
+        raise ValueError(f"n_images must be >= 0, got {n_images}")
+    if not 0 < smallest <= largest:
+        raise ValueError(f"need 0 < smallest <= largest, got {smallest} and {largest}")
+    return min(largest, max(smallest, -(-n_images // MIN_SHARDS)))
+
+
 def encode_with_ray(
     encoder: EncoderSource,
     items: Sequence[Item] | Sequence[tuple[str, str]],
@@ -382,7 +405,7 @@ def encode_with_ray(
     *,
     address: str | None = None,
     num_workers: int = 2,
-    shard_size: int = 1024,
+    shard_size: int | None = None,
     num_cpus_per_worker: float = 1,
     num_gpus_per_worker: float = 0,
     resume: bool = True,
@@ -405,7 +428,8 @@ def encode_with_ray(
             files in it are ever deleted).
         address: Ray cluster address; None starts a local runtime.
         num_workers: Actors in the pool (each holds one encoder).
-        shard_size: Images per shard, the unit of work and of resume.
+        shard_size: Images per shard, the unit of work and of resume; None picks
+            :func:`default_shard_size` of the number of images.
         num_cpus_per_worker: CPUs Ray reserves per actor.
         num_gpus_per_worker: GPUs per actor (fractions share a GPU); give the encoder
             ``device="cuda"`` with it.
@@ -425,13 +449,15 @@ def encode_with_ray(
         RayUnavailableError: Ray is missing or the cluster cannot be reached.
     """
     for name, value in (("num_workers", num_workers), ("shard_size", shard_size)):
-        if int(value) <= 0:
+        if value is not None and int(value) <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     if num_cpus_per_worker < 0 or num_gpus_per_worker < 0 or max_retries < 0:
         raise ValueError("num_cpus_per_worker, num_gpus_per_worker and max_retries must be >= 0")
     if max_image_pixels is not None and max_image_pixels <= 0:
         raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
     pairs = _pairs(items)
+    if shard_size is None:
+        shard_size = default_shard_size(len(pairs))
     shards = [pairs[i : i + shard_size] for i in range(0, len(pairs), shard_size)]
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -837,12 +863,14 @@ def load_shards(
 
 __all__ = [
     "MANIFEST_FILE",
+    "MIN_SHARDS",
     "EncoderSource",
     "RayEncodeResult",
     "RayUnavailableError",
     "ShardEncoder",
     "ShardRecord",
     "check_address",
+    "default_shard_size",
     "encode_with_ray",
     "import_ray",
     "iter_shards",
