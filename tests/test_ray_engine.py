@@ -152,11 +152,8 @@ def test_other_settings_start_over(
     assert (out / "notes.txt").read_text() == "kept"
 
 
-def test_killed_worker_loses_nothing(
-    ray_local: None, images: list[tuple[str, str]], reference: np.ndarray, tmp_path: Path
-) -> None:
-    marker = tmp_path / "crashed-once"
-    victim = images[9][1]
+def _crash_once_encoder(victim: str, marker: Path) -> Any:
+    """An encoder factory whose worker process dies, once, on the shard with ``victim``."""
 
     def crash_once_encoder():  # pickled by value into every actor
         import os as _os
@@ -180,13 +177,58 @@ def test_killed_worker_loses_nothing(
         enc.encode_image_tolerant = encode
         return enc
 
+    return crash_once_encoder
+
+
+def _count_settles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record each wait for lost nodes (the real one still runs)."""
+    from vistrieve.distributed import ray_encode
+
+    calls: list[int] = []
+    real = ray_encode._settle_nodes
+
+    def settle(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(ray_encode, "_settle_nodes", settle)
+    return calls
+
+
+def test_killed_worker_loses_nothing(
+    ray_local: None,
+    images: list[tuple[str, str]],
+    reference: np.ndarray,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = tmp_path / "crashed-once"
+    settles = _count_settles(monkeypatch)
     out = tmp_path / "shards"
-    result = encode_with_ray(crash_once_encoder, images, out, shard_size=6, progress=False)
+    factory = _crash_once_encoder(images[9][1], marker)
+    result = encode_with_ray(factory, images, out, shard_size=6, progress=False)
     assert marker.exists(), "the worker never crashed: the test did not test recovery"
+    assert len(settles) == 1  # waited for Ray once, before the second pass
     assert len(result.shards) == 4
     emb, ids, _ = load_shards(out)
     assert ids == readable_ids(images)
     np.testing.assert_allclose(emb, reference, atol=1e-5)
+
+
+def test_a_crash_with_no_retries_left_fails_at_once(
+    ray_local: None, images: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "crashed-once"
+    settles = _count_settles(monkeypatch)
+    factory = _crash_once_encoder(images[1][1], marker)
+    with pytest.raises(Exception) as info:
+        encode_with_ray(
+            factory, images[:6], tmp_path / "o", shard_size=3, max_retries=0, progress=False
+        )
+    from vistrieve.distributed.ray_encode import _is_cluster_failure
+
+    assert marker.exists() and _is_cluster_failure(info.value)
+    assert settles == []  # no pass follows, so nothing to wait for
 
 
 def test_encoder_errors_fail_without_retrying_the_run(

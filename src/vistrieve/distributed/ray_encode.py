@@ -22,10 +22,9 @@ Fault tolerance: a worker that dies (a crash, a lost node) is not restarted; Ray
 the run, the driver kills the pool, waits until Ray has declared lost nodes dead, and
 starts again over the unfinished shards (up to ``max_retries`` times). An error raised by
 the encoder itself (in its constructor or on a batch) is a bug and is raised at once. When
-the whole run fails,
-calling again with ``resume=True`` re-encodes only the shards without a valid record (the
-checksum, the row count and the images' sizes and mtimes must match), so finished work is
-never lost.
+the whole run fails, calling again with ``resume=True`` re-encodes only the shards without
+a valid record (the checksum, the row count and the images' sizes and mtimes must match),
+so finished work is never lost.
 """
 
 from __future__ import annotations
@@ -510,6 +509,7 @@ def encode_with_ray(
                 num_gpus=num_gpus_per_worker,
                 progress=progress,
                 max_image_pixels=max_image_pixels,
+                settle_on_failure=passes < max_retries,
             )
         except Exception as exc:
             # A dead worker or a lost node aborts Ray Data's run; the
@@ -692,8 +692,14 @@ def _run(
     num_gpus: float,
     progress: bool,
     max_image_pixels: int | None,
+    settle_on_failure: bool,
 ) -> int | None:
-    """Encode the shards ``todo`` on Ray, writing each as it arrives; returns the dim."""
+    """Encode the shards ``todo`` on Ray, writing each as it arrives; returns the dim.
+
+    ``settle_on_failure``: after a cluster failure, wait for Ray to declare lost nodes dead
+    (:func:`_settle_nodes`) before raising, because another pass follows; without it the
+    error is raised at once.
+    """
     from tqdm.auto import tqdm
 
     with ray_runtime(address) as ray:
@@ -754,7 +760,7 @@ def _run(
                 _write_manifest(directory, base, done, dim)
                 bar.update(1)
         except Exception as exc:
-            if _is_cluster_failure(exc):
+            if settle_on_failure and _is_cluster_failure(exc):
                 _settle_nodes(ray)
             raise
         finally:
