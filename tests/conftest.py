@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(
+    os.environ.get("VISTRIEVE_SHARED_DATA")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
+"""Real photos and captions: ``../shared/data`` beside the checkout, or
+``$VISTRIEVE_SHARED_DATA`` for a checkout elsewhere."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,5 +43,7 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 def shared_data() -> Path:
     """The ../shared/data directory; tests using it skip cleanly when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        pytest.skip(
+            f"shared data not found at {SHARED_DATA}; set VISTRIEVE_SHARED_DATA to its folder"
+        )
     return SHARED_DATA
