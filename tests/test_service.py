@@ -163,3 +163,27 @@ def test_a_captioner_lets_the_agent_ask_about_a_captionless_folder() -> None:
     asked = voc.attributes(questions["captioner"] or "")
     assert asked and asked <= voc.attributes(" ".join(" ".join(v) for v in described.values()))
     assert not voc.attributes(questions["none"] or "") & asked
+
+
+def test_serving_a_captionless_index_warns_that_the_agent_cannot_ask(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from vistrieve.data.shapes import ShapesWorld
+    from vistrieve.encoders import create_encoder
+    from vistrieve.retrievers.dense import DenseRetriever
+    from vistrieve.service.app import warn_if_agent_cannot_ask
+    from vistrieve.types import Corpus, Item
+
+    world = ShapesWorld(seed=0, n_train=10, n_val=4, n_test=16).corpus("test")
+    encoder = create_encoder("shapes-clip", progress=False)
+    bare = DenseRetriever.build(
+        encoder, Corpus([Item(id=i, image=world[i].image) for i in world.ids])
+    )
+    captioned = DenseRetriever.build(encoder, world)
+    with caplog.at_level("WARNING", logger="vistrieve.service.app"):
+        assert not warn_if_agent_cannot_ask(captioned, None, None)
+        assert not warn_if_agent_cannot_ask(bare, lambda *a: "a question?", None)
+        assert not warn_if_agent_cannot_ask(bare, None, object())
+        assert caplog.text == ""
+        assert warn_if_agent_cannot_ask(bare, None, None)
+    assert "no captions" in caplog.text and "--captioner" in caplog.text

@@ -672,6 +672,24 @@ def replay_journal(retriever: Any, store: Any, index_dir: str | Path | None) -> 
     return len(entries)
 
 
+def warn_if_agent_cannot_ask(target: Any, questioner: Any, captioner: Any) -> bool:
+    """Warn (and return True) when the chat agent will never ask a question: the served
+    index has no captions, and neither a questioner nor a captioner is given. The page
+    then only searches, which a user would otherwise take for a broken agent."""
+    if questioner is not None or captioner is not None:
+        return False
+    corpus = getattr(getattr(target, "retriever", target), "corpus", None)
+    if corpus is None or any(item.captions for item in corpus.values()):
+        return False
+    logger.warning(
+        "the served index has no captions, so the chat agent has nothing to ask about and "
+        "will not ask questions; serve with --captioner DIR (`vistrieve train "
+        "photo-captioner`) for questions about the candidates, or --llm smollm2 for "
+        "questions from the conversation alone"
+    )
+    return True
+
+
 def serve(
     index_dir: str | None = None,
     *,
@@ -731,6 +749,7 @@ def serve(
         from vistrieve.query_rewriting import load_captioner
 
         described_by = load_captioner(captioner)
+    warn_if_agent_cannot_ask(target, questioner, described_by)
     app = create_app(target, config=cfg, store=store, questioner=questioner,
                      feedback_loop=feedback_loop, captioner=described_by)  # fmt: skip
     try:
