@@ -92,6 +92,26 @@ def test_demo_says_how_to_get_the_llm_when_absent(
     assert "LLM sections skipped: SmolLM2 not found" in capsys.readouterr().out
 
 
+def test_loading_smollm2_without_gguf_says_how_to_install_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    import vistrieve.llm as llm_mod
+    from vistrieve.errors import MissingDependencyError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+    )
+    with pytest.raises(MissingDependencyError, match=r"gguf.*pip install 'vistrieve\[llm\]'"):
+        llm_mod.load_smollm2(tmp_path)
+    # the demo goes on without its LLM sections, and says why
+    monkeypatch.setattr(llm_mod, "find_smollm2", lambda *a, **k: tmp_path)
+    assert main(["demo", "--n-test", "60"]) == 0
+    assert "LLM sections skipped: loading SmolLM2" in capsys.readouterr().out
+
+
 def test_demo_rerank_section_shows_a_correction_and_the_measured_effect() -> None:
     from vistrieve.data.shapes import ShapesWorld
     from vistrieve.demo import _rerank_section

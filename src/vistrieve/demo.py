@@ -29,6 +29,7 @@ def _show_hits(write: Writer, hits: list[Any], relevant: set[str]) -> None:
 
 def _llm_sections(write: Writer, world: Any, corpus: Any, retriever: Any, example: Any) -> None:
     """CIReVL on one composed query, with the offline LLM when present."""
+    from vistrieve.errors import MissingDependencyError
     from vistrieve.llm import find_smollm2, load_smollm2
     from vistrieve.query_rewriting.cirevl import CIReVLRewriter
     from vistrieve.recipes.shapes.captioner import load_shapes_captioner
@@ -42,7 +43,11 @@ def _llm_sections(write: Writer, world: Any, corpus: Any, retriever: Any, exampl
 
     transformers.utils.logging.disable_progress_bar()  # keep the transcript readable
     t0 = time.perf_counter()
-    llm = load_smollm2(llm_dir, max_new_tokens=32)
+    try:
+        llm = load_smollm2(llm_dir, max_new_tokens=32)
+    except MissingDependencyError as exc:
+        write(f"\n== LLM sections skipped: {exc}")
+        return
     captioner = load_shapes_captioner(retriever.encoder)
     write(f"\n(LLM {llm.name} loaded in {time.perf_counter() - t0:.0f}s)")
     rewriter = CIReVLRewriter(captioner, llm)

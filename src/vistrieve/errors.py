@@ -53,6 +53,11 @@ class ImageTooLargeError(ImageLoadError):
     just too large to decode safely); it is refused before its pixels are decoded."""
 
 
+class MissingDependencyError(VistrieveError, ImportError):
+    """An optional package a feature needs is not installed; the message names the
+    package and the install command."""
+
+
 class LLMError(VistrieveError, RuntimeError):
     """A language model failed: its backend raised, or it answered with no text."""
 
@@ -77,6 +82,7 @@ __all__ = [
     "ImageTooLargeError",
     "IntegrityError",
     "LLMError",
+    "MissingDependencyError",
     "ModelOutputError",
     "OverwriteRefusedError",
     "VistrieveError",

@@ -166,8 +166,22 @@ def find_smollm2(search: Sequence[str | os.PathLike[str]] = ()) -> Path:
 
 
 def load_smollm2(directory: str | os.PathLike[str] | None = None, **kw: Any) -> HFChatLLM:
-    """SmolLM2-135M-Instruct (the offline default rewriter LLM); needs the ``gguf`` package."""
+    """SmolLM2-135M-Instruct (the offline default rewriter LLM); needs the ``gguf`` package.
+
+    Raises:
+        FileNotFoundError: the GGUF file is not found (see :func:`find_smollm2`).
+        MissingDependencyError: ``gguf`` is not installed.
+    """
+    import importlib.util
+
+    from vistrieve.errors import MissingDependencyError
+
     root = Path(directory) if directory is not None else find_smollm2()
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError(
+            f"loading {SMOLLM2_GGUF} needs the gguf package: `pip install 'vistrieve[llm]'` "
+            "(`./run.sh demo` installs it)"
+        )
     kw.setdefault("name", "SmolLM2-135M-Instruct.Q4_1")
     return HFChatLLM.from_pretrained(root, gguf_file=SMOLLM2_GGUF, **kw)
 
